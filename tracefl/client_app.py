@@ -1,0 +1,117 @@
+"""TraceFL ClientApp: train on this node's own partition and report what TraceFL needs.
+
+Each reply carries the trained model (``arrays``), a MetricRecord with
+``num-examples`` and ``train-loss`` (weight-averaged by FedAvg), and a
+ConfigRecord ``attribution`` with this client's partition id and the per-class
+label counts of the data it actually trained on (after any label flipping). The
+ids live in a ConfigRecord because FedAvg weight-averages MetricRecord values.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from tracefl.config import TraceFLConfig, parse_run_config
+from tracefl.dataset import load_client_data
+from tracefl.model import build_model
+from tracefl.registry import dataset_spec
+from tracefl.train import TrainSettings, evaluate, resolve_device, train
+
+ATTRIBUTION_KEY = "attribution"
+
+
+def dp_clipping_mod(
+    msg: Message, ctxt: Context, call_next: ClientAppCallable
+) -> Message:
+    """Apply Flower's ``fixedclipping_mod`` only when the server asks for it.
+
+    The server's ``DifferentialPrivacyClientSideFixedClipping`` wrapper puts the
+    clipping norm in the train config; without it the message passes unchanged.
+    """
+    configs = list(msg.content.config_records.values())
+    if configs and KEY_CLIPPING_NORM in configs[0]:
+        return fixedclipping_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+app = ClientApp()
+
+
+def _node_partition(context: Context) -> tuple[int, int]:
+    """This node's ``partition-id`` and ``num-partitions`` from its node config."""
+    try:
+        return (
+            int(context.node_config["partition-id"]),
+            int(context.node_config["num-partitions"]),
+        )
+    except KeyError as err:
+        raise KeyError(
+            f"SuperNode node config lacks {err}; start it with "
+            "--node-config 'partition-id=<i> num-partitions=<n>'."
+        ) from err
+
+
+def _local_model(cfg: TraceFLConfig, msg: Message) -> torch.nn.Module:
+    model = build_model(
+        cfg.model, dataset_spec(cfg.dataset), max_seq_len=cfg.max_seq_len
+    )
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+@app.train(mods=[dp_clipping_mod])
+def train_fn(msg: Message, context: Context) -> Message:
+    """Train the received global model on this node's partition."""
+    cfg = parse_run_config(context.run_config)
+    partition_id, num_partitions = _node_partition(context)
+    server_round = int(msg.content["config"]["server-round"])
+    data = load_client_data(cfg, partition_id, num_partitions)
+    model = _local_model(cfg, msg)
+    settings = TrainSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        proximal_mu=cfg.proximal_mu if cfg.fusion == "fedprox" else 0.0,
+    )
+    seed = cfg.seed + 1000 * server_round + partition_id
+    torch.manual_seed(seed)
+    loss = train(model, data.train, settings, resolve_device(cfg.device), seed)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.cpu().state_dict()),
+            "metrics": MetricRecord(
+                {"num-examples": len(data.train), "train-loss": loss}
+            ),
+            ATTRIBUTION_KEY: ConfigRecord(
+                {
+                    "partition-id": partition_id,
+                    "label-counts": [int(c) for c in data.label_counts],
+                }
+            ),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_fn(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this node's partition."""
+    cfg = parse_run_config(context.run_config)
+    partition_id, num_partitions = _node_partition(context)
+    data = load_client_data(cfg, partition_id, num_partitions)
+    model = _local_model(cfg, msg)
+    loss, accuracy = evaluate(
+        model, data.train, cfg.batch_size, resolve_device(cfg.device)
+    )
+    metrics = MetricRecord(
+        {"num-examples": len(data.train), "eval-loss": loss, "eval-acc": accuracy}
+    )
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

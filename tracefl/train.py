@@ -1,0 +1,128 @@
+"""Local training and evaluation loops shared by clients and the server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from tracefl.dataset import Features, LabeledTensors
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' was requested but CUDA is not available.")
+    return torch.device(name)
+
+
+def to_device(features: Features, device: torch.device) -> Features:
+    """Move a tensor or a dict of tensors to ``device``."""
+    if isinstance(features, Mapping):
+        return {k: v.to(device) for k, v in features.items()}
+    return features.to(device)
+
+
+def logits_of(model: nn.Module, features: Features) -> Tensor:
+    """Logits (B, C) for a tensor input or a dict of transformer inputs."""
+    out = model(**features) if isinstance(features, Mapping) else model(features)
+    return out.logits if hasattr(out, "logits") else out
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser settings of a client's local training."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    proximal_mu: float = 0.0  # > 0 adds FedProx's proximal term
+
+
+def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW over the model's parameters."""
+    params = model.parameters()
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+        )
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    data: LabeledTensors,
+    settings: TrainSettings,
+    device: torch.device,
+    seed: int,
+) -> float:
+    """Train ``model`` in place on ``data``; return the mean training loss.
+
+    With ``proximal_mu > 0`` the loss gets FedProx's ``mu/2 * ||w - w_global||^2``
+    term, anchored at the weights the model had on entry (the global model).
+    """
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        data, batch_size=settings.batch_size, shuffle=True, generator=generator
+    )
+    optimizer = make_optimizer(model, settings)
+    criterion = nn.CrossEntropyLoss()
+    anchor = (
+        [p.detach().clone() for p in model.parameters()]
+        if settings.proximal_mu > 0
+        else []
+    )
+    total, count = 0.0, 0
+    for _ in range(settings.epochs):
+        for features, labels in loader:
+            features, labels = to_device(features, device), labels.to(device)
+            optimizer.zero_grad()
+            loss = criterion(logits_of(model, features), labels)
+            if anchor:
+                prox = sum(
+                    (p - a).pow(2).sum()
+                    for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                loss = loss + 0.5 * settings.proximal_mu * prox
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(labels)
+            count += len(labels)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, data: LabeledTensors, batch_size: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Per-sample cross-entropy losses (N,) and predicted labels (N,) on CPU."""
+    model.to(device).eval()
+    losses, preds = [], []
+    for start in range(0, len(data), batch_size):
+        index = slice(start, start + batch_size)
+        features = to_device(data.select_features(index), device)
+        labels = data.labels[index].to(device)
+        logits = logits_of(model, features)
+        losses.append(nn.functional.cross_entropy(logits, labels, reduction="none"))
+        preds.append(logits.argmax(dim=1))
+    return torch.cat(losses).cpu(), torch.cat(preds).cpu()
+
+
+def evaluate(
+    model: nn.Module, data: LabeledTensors, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``data``."""
+    losses, preds = predict(model, data, batch_size, device)
+    accuracy = (preds == data.labels).float().mean().item()
+    return losses.mean().item(), accuracy
