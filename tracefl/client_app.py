@@ -42,18 +42,23 @@ def dp_clipping_mod(
 app = ClientApp()
 
 
-def _node_partition(context: Context) -> tuple[int, int]:
+def _node_partition(context: Context, cfg: TraceFLConfig) -> tuple[int, int]:
     """This node's ``partition-id`` and ``num-partitions`` from its node config."""
     try:
-        return (
-            int(context.node_config["partition-id"]),
-            int(context.node_config["num-partitions"]),
-        )
+        partition_id = int(context.node_config["partition-id"])
+        num_partitions = int(context.node_config["num-partitions"])
     except KeyError as err:
         raise KeyError(
             f"SuperNode node config lacks {err}; start it with "
             "--node-config 'partition-id=<i> num-partitions=<n>'."
         ) from err
+    if num_partitions != cfg.num_clients:
+        raise ValueError(
+            f"Run config 'num-clients' = {cfg.num_clients} but this SuperNode has "
+            f"'num-partitions' = {num_partitions}: start as many SuperNodes as "
+            "num-clients (simulation: --federation-config num-supernodes=N)."
+        )
+    return partition_id, num_partitions
 
 
 def _local_model(cfg: TraceFLConfig, msg: Message) -> torch.nn.Module:
@@ -68,7 +73,7 @@ def _local_model(cfg: TraceFLConfig, msg: Message) -> torch.nn.Module:
 def train_fn(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition."""
     cfg = parse_run_config(context.run_config)
-    partition_id, num_partitions = _node_partition(context)
+    partition_id, num_partitions = _node_partition(context, cfg)
     server_round = int(msg.content["config"]["server-round"])
     data = load_client_data(cfg, partition_id, num_partitions)
     model = _local_model(cfg, msg)
@@ -105,7 +110,7 @@ def train_fn(msg: Message, context: Context) -> Message:
 def evaluate_fn(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's partition."""
     cfg = parse_run_config(context.run_config)
-    partition_id, num_partitions = _node_partition(context)
+    partition_id, num_partitions = _node_partition(context, cfg)
     data = load_client_data(cfg, partition_id, num_partitions)
     model = _local_model(cfg, msg)
     loss, accuracy = evaluate(

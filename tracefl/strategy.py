@@ -60,6 +60,13 @@ class ClientRecord:
         )
 
 
+def _partition_order(msg: Message) -> tuple[int, int]:
+    """Sort key: error replies last, others by partition id."""
+    if msg.has_error():
+        return (1, int(msg.metadata.src_node_id))
+    return (0, int(msg.content[ATTRIBUTION_KEY]["partition-id"]))
+
+
 PostAggregationHook = Callable[[int, ArrayRecord, list[ClientRecord]], None]
 
 
@@ -86,8 +93,13 @@ class TraceFLFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Record the valid replies, then aggregate exactly as FedAvg."""
-        replies = list(replies)
+        """Record the valid replies, then aggregate exactly as FedAvg.
+
+        Replies are ordered by partition id first: FedAvg's floating-point sum
+        then no longer depends on which client answered first, so a run is
+        reproducible bit for bit.
+        """
+        replies = sorted(replies, key=_partition_order)
         self.round_records = [
             ClientRecord.from_reply(msg) for msg in replies if not msg.has_error()
         ]
