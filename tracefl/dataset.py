@@ -187,21 +187,56 @@ def client_partition(
             f"Invalid node config 'partition-id' = {partition_id}: must be in "
             f"0..{num_partitions - 1} ('num-partitions' = {num_partitions})."
         )
-    pool = raw_splits(cfg).train
-    labels = np.asarray(pool["label"], dtype=np.int64)
-    parts = partition_indices(
-        labels,
-        num_partitions,
-        cfg.dirichlet_alpha,
-        cfg.seed,
-        cfg.min_partition_size,
-        cfg.max_per_client_data_size,
-    )
+    labels, parts = _pool_partitions(cfg, num_partitions)
     idx = parts[partition_id]
     client_labels = labels[idx]
     if partition_id in cfg.faulty_client_ids:
         client_labels = flip_labels(client_labels, cfg.label_flip_map)
     return idx, client_labels
+
+
+def _pool_partitions(
+    cfg: TraceFLConfig, num_partitions: int
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Pool labels and every client's indices (cached: clients share a process
+    in simulation, and each round would otherwise re-partition)."""
+    return _cached_partitions(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.seed,
+        cfg.server_test_fraction,
+        cfg.download,
+        cfg.image_size,
+        cfg.text_include_answer,
+        num_partitions,
+        cfg.dirichlet_alpha,
+        cfg.min_partition_size,
+        cfg.max_per_client_data_size,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_partitions(
+    dataset: str,
+    data_dir: str,
+    seed: int,
+    test_fraction: float,
+    download: bool,
+    image_size: int,
+    include_answer: bool,
+    num_partitions: int,
+    alpha: float,
+    min_partition_size: int,
+    max_size: int,
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    pool = load_raw_splits(
+        dataset, data_dir, seed, test_fraction, download, image_size, include_answer
+    ).train
+    labels = np.asarray(pool["label"], dtype=np.int64)
+    parts = partition_indices(
+        labels, num_partitions, alpha, seed, min_partition_size, max_size
+    )
+    return labels, tuple(parts)
 
 
 def load_client_data(

@@ -62,9 +62,10 @@ def _adapt_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
 def build_image_model(name: str, spec: DatasetSpec, pretrained: bool = False) -> nn.Module:
     """Build an image classifier for the dataset's channels and classes.
 
-    torchvision ResNets/DenseNet keep their ImageNet stem (stride-2 conv and max
-    pooling), which keeps small 28-32 px inputs cheap on a CPU; only the stem's
-    input channels and the classification head are changed.
+    torchvision ResNets keep their ImageNet stem (stride-2 conv and max pooling),
+    which keeps small 28-32 px inputs cheap on a CPU; only the stem's input
+    channels and the classification head are changed. DenseNet drops the stem's
+    max pooling for images under 64 px so its feature maps do not vanish.
     """
     if name == "cnn":
         return LeNet(spec.channels, spec.image_size, spec.num_classes)
@@ -86,6 +87,10 @@ def build_image_model(name: str, spec: DatasetSpec, pretrained: bool = False) ->
     else:
         if spec.channels != 3:
             model.features.conv0 = _adapt_conv(model.features.conv0, spec.channels)
+        if spec.image_size < 64:
+            # Four dense-block transitions halve 28 px down to zero after the
+            # stride-4 ImageNet stem; keep the stride-2 conv, drop the pooling.
+            model.features.pool0 = nn.Identity()
         if model.classifier.out_features != spec.num_classes:
             model.classifier = nn.Linear(
                 model.classifier.in_features, spec.num_classes
