@@ -19,7 +19,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_client_data
 from tracefl.model import build_model
-from tracefl.registry import dataset_spec
+from tracefl.registry import run_dataset_spec
 from tracefl.train import TrainSettings, evaluate, resolve_device, train
 
 ATTRIBUTION_KEY = "attribution"
@@ -63,7 +63,9 @@ def _node_partition(context: Context, cfg: TraceFLConfig) -> tuple[int, int]:
 
 def _local_model(cfg: TraceFLConfig, msg: Message) -> torch.nn.Module:
     model = build_model(
-        cfg.model, dataset_spec(cfg.dataset), max_seq_len=cfg.max_seq_len
+        cfg.model,
+        run_dataset_spec(cfg.dataset, cfg.image_size),
+        max_seq_len=cfg.max_seq_len,
     )
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model

@@ -6,6 +6,7 @@ validated instantly, before anything is loaded or trained.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -212,3 +213,16 @@ def dataset_kind(name: str) -> str:
 def dataset_num_classes(name: str) -> int:
     """Number of classes of a known dataset."""
     return DATASETS[name].num_classes
+
+
+def run_dataset_spec(name: str, image_size: int) -> DatasetSpec:
+    """Spec of a dataset with the run's ``image-size`` applied where it matters.
+
+    Only medmnist datasets come in several sizes (28, 64, 128, 224 px, one npz
+    file each), so only their ``image_size`` follows the run config; other
+    datasets keep their native size (MNIST 28, CIFAR-10 32).
+    """
+    spec = DATASETS[name]
+    if spec.source == "medmnist" and image_size != spec.image_size:
+        return dataclasses.replace(spec, image_size=image_size)
+    return spec

@@ -24,7 +24,7 @@ from tracefl.analysis import RoundAnalyzer
 from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_server_test
 from tracefl.model import build_model
-from tracefl.registry import dataset_spec
+from tracefl.registry import run_dataset_spec
 from tracefl.results_io import write_json
 from tracefl.strategy import ClientSideDPWithHook, ServerSideDPWithHook, TraceFLFedAvg
 from tracefl.train import resolve_device
@@ -105,7 +105,7 @@ def main(grid: Grid, context: Context) -> None:
     }
     write_json(out_dir / "run.json", run_info)
 
-    spec = dataset_spec(cfg.dataset)
+    spec = run_dataset_spec(cfg.dataset, cfg.image_size)
     device = resolve_device(cfg.device)
     test_data = load_server_test(cfg)
 

@@ -10,6 +10,7 @@ unreachable the error says so at once and names the offline alternatives.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -43,13 +44,28 @@ def load_hub(spec: DatasetSpec, data_dir: str, include_answer: bool = False) -> 
     )
 
 
+def _is_split_file(path: Path, folder: Path, split: str) -> bool:
+    """Whether ``path`` is a data file of ``split`` in a mirror ``folder``.
+
+    Matches ``<split>.parquet``, ``<split>-00000-of-00001.parquet``,
+    ``<split>_0.csv`` etc. (not e.g. ``trainer_state.json``), and any data file
+    under a ``<split>/`` folder (the Hub's parquet-converter layout
+    ``<config>/<split>/0000.parquet``).
+    """
+    if not path.is_file() or path.suffix not in _SUFFIX_BUILDERS:
+        return False
+    stem = path.name[: -len(path.suffix)]
+    if re.fullmatch(rf"{re.escape(split)}([-_.].*)?", stem):
+        return True
+    return split in path.relative_to(folder).parts[:-1]
+
+
 def _split_files(folder: Path, split: str) -> tuple[str, list[str]]:
     """Files of one split in a mirror folder (searched recursively), and their builder."""
     found: dict[str, list[str]] = {}
-    for path in sorted(folder.rglob(f"{split}*")):
-        builder = _SUFFIX_BUILDERS.get(path.suffix)
-        if path.is_file() and builder:
-            found.setdefault(builder, []).append(str(path))
+    for path in sorted(folder.rglob("*")):
+        if _is_split_file(path, folder, split):
+            found.setdefault(_SUFFIX_BUILDERS[path.suffix], []).append(str(path))
     if not found:
         raise DataUnavailableError(
             f"data-dir '{folder}' has no '{split}' file: expected e.g. "
@@ -143,6 +159,7 @@ def normalise_columns(
     parts = [p for p in parts if p in table.column_names]
 
     def join(row: dict) -> dict:
-        return {"text": " ".join(str(row[p] or "") for p in parts).strip()}
+        texts = (str(row[p] or "").strip() for p in parts)
+        return {"text": " ".join(t for t in texts if t)}
 
     return table.map(join).select_columns(["text", "label"])

@@ -1,0 +1,38 @@
+"""Rebuild every figure and summary table from existing CSVs (no training).
+
+    python scripts/plot.py                 # every experiment under results/
+    python scripts/plot.py results/default # one run directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from experiments import EXPERIMENTS, summarize
+
+from tracefl.flower_local import REPO
+from tracefl.plotting import plot_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild figures of the given run or experiment directories."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    targets = args.paths or sorted(p for p in (REPO / "results").iterdir() if p.is_dir())
+    for path in targets:
+        path = path.resolve()
+        name = path.name.removesuffix("-paper")
+        if name in EXPERIMENTS:
+            summarize(EXPERIMENTS[name], path, copy_static=path.name == name)
+        elif (path / "rounds.csv").is_file():
+            print("\n".join(str(p) for p in plot_run(path)))
+        else:
+            print(f"skipping {path}: neither an experiment nor a run", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
