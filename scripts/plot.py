@@ -1,7 +1,7 @@
 """Rebuild every figure and summary table from existing CSVs (no training).
 
-    python scripts/plot.py                 # every experiment under results/
-    python scripts/plot.py results/default # one run directory
+python scripts/plot.py                 # every experiment under results/
+python scripts/plot.py results/default # one run directory
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path)
     args = parser.parse_args(argv)
-    targets = args.paths or sorted(p for p in (REPO / "results").iterdir() if p.is_dir())
+    targets = args.paths or sorted(
+        p for p in (REPO / "results").iterdir() if p.is_dir()
+    )
     for path in targets:
         path = path.resolve()
         name = path.name.removesuffix("-paper")

@@ -33,19 +33,44 @@ import numpy as np
 from PIL import Image
 
 DBPEDIA14_NAMES = (
-    "Company", "EducationalInstitution", "Artist", "Athlete", "OfficeHolder",
-    "MeanOfTransportation", "Building", "NaturalPlace", "Village", "Animal",
-    "Plant", "Album", "Film", "WrittenWork",
+    "Company",
+    "EducationalInstitution",
+    "Artist",
+    "Athlete",
+    "OfficeHolder",
+    "MeanOfTransportation",
+    "Building",
+    "NaturalPlace",
+    "Village",
+    "Animal",
+    "Plant",
+    "Album",
+    "Film",
+    "WrittenWork",
 )
 YAHOO_NAMES = (
-    "Society & Culture", "Science & Mathematics", "Health",
-    "Education & Reference", "Computers & Internet", "Sports",
-    "Business & Finance", "Entertainment & Music", "Family & Relationships",
+    "Society & Culture",
+    "Science & Mathematics",
+    "Health",
+    "Education & Reference",
+    "Computers & Internet",
+    "Sports",
+    "Business & Finance",
+    "Entertainment & Music",
+    "Family & Relationships",
     "Politics & Government",
 )
 CIFAR10_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-    "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 # Class-specific keywords (real English words, so WordPiece keeps them whole).
@@ -78,13 +103,32 @@ YAHOO_WORDS = (
     ("president", "government", "election", "war", "law"),
 )
 FILLER = (
-    "the", "a", "is", "of", "and", "in", "it", "was", "known", "also", "for",
-    "with", "which", "this", "about", "many", "people", "one", "first", "new",
+    "the",
+    "a",
+    "is",
+    "of",
+    "and",
+    "in",
+    "it",
+    "was",
+    "known",
+    "also",
+    "for",
+    "with",
+    "which",
+    "this",
+    "about",
+    "many",
+    "people",
+    "one",
+    "first",
+    "new",
 )
 
 
-def _sentence(rng: np.random.Generator, keywords: Sequence[str], n_key: int,
-              n_fill: int) -> str:
+def _sentence(
+    rng: np.random.Generator, keywords: Sequence[str], n_key: int, n_fill: int
+) -> str:
     words = list(rng.choice(keywords, n_key)) + list(rng.choice(FILLER, n_fill))
     rng.shuffle(words)
     return " ".join(str(w) for w in words)
@@ -141,7 +185,8 @@ def write_dbpedia14(
         )
 
     return _write_splits(
-        Path(root), subfolder,
+        Path(root),
+        subfolder,
         {"train": table(train_per_class), "test": table(test_per_class)},
     )
 
@@ -193,13 +238,17 @@ def write_yahoo_answers(
         )
 
     return _write_splits(
-        Path(root), subfolder,
+        Path(root),
+        subfolder,
         {"train": table(train_per_class), "test": table(test_per_class)},
     )
 
 
 def class_images(
-    labels: np.ndarray, size: int, channels: int, num_classes: int,
+    labels: np.ndarray,
+    size: int,
+    channels: int,
+    num_classes: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Learnable uint8 images: class-specific colour and stripe pattern plus noise.
@@ -254,7 +303,8 @@ def write_cifar10(
         )
 
     return _write_splits(
-        Path(root), subfolder,
+        Path(root),
+        subfolder,
         {"train": table(train_per_class), "test": table(test_per_class)},
     )
 
@@ -285,7 +335,9 @@ def write_medmnist_npz(
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     for split, per_class in (
-        ("train", train_per_class), ("val", val_per_class), ("test", test_per_class)
+        ("train", train_per_class),
+        ("val", val_per_class),
+        ("test", test_per_class),
     ):
         labels = _balanced_labels(range(num_classes), per_class, rng)
         arrays[f"{split}_images"] = class_images(
@@ -314,11 +366,11 @@ def run_simulation(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir.parent / f"{out_dir.name}-flwr.log"
-    config = {"output-dir": str(out_dir), "plots": False, "device": "cpu",
-              **run_config}
+    config = {"output-dir": str(out_dir), "plots": False, "device": "cpu", **run_config}
     with open(log_path, "w", encoding="utf-8") as log, LocalSuperLink() as link:
-        rc = link.run_app(config, num_supernodes=num_supernodes, stdout=log,
-                          timeout=timeout)
+        rc = link.run_app(
+            config, num_supernodes=num_supernodes, stdout=log, timeout=timeout
+        )
     return rc, log_path.read_text(encoding="utf-8", errors="replace")
 
 

@@ -60,8 +60,9 @@ def test_partition_cap_and_alpha_skew(pool_labels: np.ndarray) -> None:
 
     def mean_max_share(alpha: float) -> float:
         parts = partition_indices(pool_labels, 10, alpha, 42, 1)
-        shares = [np.bincount(pool_labels[p], minlength=10).max() / len(p)
-                  for p in parts]
+        shares = [
+            np.bincount(pool_labels[p], minlength=10).max() / len(p) for p in parts
+        ]
         return float(np.mean(shares))
 
     assert mean_max_share(0.1) > mean_max_share(100.0) + 0.3

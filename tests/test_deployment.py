@@ -89,8 +89,11 @@ def run_and_watch(
         killed = False
         while proc.poll() is None and time.monotonic() < deadline:
             seen.update(link.leftover_pids())
-            if (kill_after_round is not None and not killed
-                    and completed_rounds(out_dir) >= kill_after_round):
+            if (
+                kill_after_round is not None
+                and not killed
+                and completed_rounds(out_dir) >= kill_after_round
+            ):
                 link.kill_supernode(kill_partition, signal.SIGKILL)
                 killed = True
             time.sleep(0.5)
@@ -168,11 +171,16 @@ def test_killed_supernode_round_completes_with_survivors(
     """
     out_dir = tmp_path / "out"
     config = tiny_config(
-        out_dir, rounds=2, **{"min-train-nodes": 2, "min-available-nodes": 2,
-                              "round-timeout": 300.0}
+        out_dir,
+        rounds=2,
+        **{"min-train-nodes": 2, "min-available-nodes": 2, "round-timeout": 300.0},
     )
     rc, pids = run_and_watch(
-        deployment, config, tmp_path / "flwr-run.log", out_dir, kill_after_round=1,
+        deployment,
+        config,
+        tmp_path / "flwr-run.log",
+        out_dir,
+        kill_after_round=1,
         kill_partition=2,
     )
     run_log = (tmp_path / "flwr-run.log").read_text()

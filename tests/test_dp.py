@@ -29,8 +29,11 @@ def arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def reply(pid: int, n: int, values: dict[str, np.ndarray]) -> Message:
-    request = Message(content=RecordDict({"config": ConfigRecord({})}),
-                      dst_node_id=10 + pid, message_type="train")
+    request = Message(
+        content=RecordDict({"config": ConfigRecord({})}),
+        dst_node_id=10 + pid,
+        message_type="train",
+    )
     return Message(
         content=RecordDict(
             {
@@ -72,7 +75,9 @@ def run_round(noise: float, clip: float, seed: int = 0):
 
 
 def flat(record: ArrayRecord) -> np.ndarray:
-    return np.concatenate([record[k].numpy().ravel().astype(np.float64) for k in SHAPES])
+    return np.concatenate(
+        [record[k].numpy().ravel().astype(np.float64) for k in SHAPES]
+    )
 
 
 def weighted_mean(records: list[ClientRecord], sizes: dict[int, int]) -> np.ndarray:
@@ -92,8 +97,9 @@ def test_stored_client_updates_are_clipped(clip: float) -> None:
 
 def test_zero_noise_global_is_exactly_the_aggregate_of_stored_models() -> None:
     _, sizes, records, global_arrays = run_round(noise=0.0, clip=5.0)
-    np.testing.assert_allclose(flat(global_arrays), weighted_mean(records, sizes),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        flat(global_arrays), weighted_mean(records, sizes), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_noise_is_the_only_difference_and_has_the_dp_scale() -> None:

@@ -1,4 +1,4 @@
-"""End-to-end through Flower's real simulation engine (private SuperLink, `flwr run`)."""
+"""End-to-end through Flower's real simulation engine (private SuperLink)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,15 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_run_writes_every_output(two_runs: tuple[Path, Path]) -> None:
     out, _ = two_runs
-    for name in ("rounds.csv", "inputs.csv", "clients.csv", "run.json",
-                 "accuracy.png", "accuracy.pdf", "provenance_round_2.png"):
+    for name in (
+        "rounds.csv",
+        "inputs.csv",
+        "clients.csv",
+        "run.json",
+        "accuracy.png",
+        "accuracy.pdf",
+        "provenance_round_2.png",
+    ):
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed"

@@ -105,15 +105,21 @@ def test_mirror_errors_name_the_problem(tmp_path: Path) -> None:
 
 def test_yahoo_label_column_is_renamed_even_next_to_a_label_column() -> None:
     table = datasets.Dataset.from_dict(
-        {"id": [1, 2], "topic": [3, 7], "label": [0, 0],
-         "question_title": ["q1", "q2"], "question_content": [None, "c2"],
-         "best_answer": ["a1", "a2"]}
+        {
+            "id": [1, 2],
+            "topic": [3, 7],
+            "label": [0, 0],
+            "question_title": ["q1", "q2"],
+            "question_content": [None, "c2"],
+            "best_answer": ["a1", "a2"],
+        }
     )
     out = normalise_columns(table, dataset_spec("yahoo_answers_topics"))
     assert out["label"] == [3, 7]
     assert out["text"] == ["q1", "q2 c2"]
-    with_answer = normalise_columns(table, dataset_spec("yahoo_answers_topics"),
-                                    include_answer=True)
+    with_answer = normalise_columns(
+        table, dataset_spec("yahoo_answers_topics"), include_answer=True
+    )
     assert with_answer["text"] == ["q1 a1", "q2 c2 a2"]
 
 

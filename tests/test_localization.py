@@ -21,10 +21,18 @@ def test_paper_metric_uses_min_count() -> None:
     traced = np.array([0, 1, 2, 0, 2])
     labels = np.array([0, 1, 1, 2, 3])
     assert loc.paper_correct(traced, labels, COUNTS, 1).tolist() == [
-        True, True, True, True, False,
+        True,
+        True,
+        True,
+        True,
+        False,
     ]
     assert loc.paper_correct(traced, labels, COUNTS, 2).tolist() == [
-        True, False, True, True, False,
+        True,
+        False,
+        True,
+        True,
+        False,
     ]
 
 
@@ -34,7 +42,13 @@ def test_strict_metric_ties_and_label_held_by_nobody() -> None:
     # label 0: clients 0 and 1 tie at 5 -> both correct, client 2 wrong.
     # label 1: client 2 holds most. label 3: nobody holds it -> always wrong.
     assert loc.strict_correct(traced, labels, COUNTS).tolist() == [
-        True, True, False, False, True, False, False,
+        True,
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
     ]
 
 
@@ -68,21 +82,28 @@ def test_topk_hits() -> None:
     assert ranking.tolist() == [[2, 1, 0], [0, 1, 2], [0, 1, 2]]
     labels = np.array([0, 2, 1])  # best: {0,1}, {0}, {2}
     assert loc.strict_topk_hits(ranking, labels, COUNTS, 1).tolist() == [
-        False, True, False,
+        False,
+        True,
+        False,
     ]
     assert loc.strict_topk_hits(ranking, labels, COUNTS, 2).tolist() == [
-        True, True, False,
+        True,
+        True,
+        False,
     ]
     assert loc.strict_topk_hits(ranking, labels, COUNTS, 3).tolist() == [
-        True, True, True,
+        True,
+        True,
+        True,
     ]
 
 
 def test_select_correct_inputs_caps_per_label_and_total() -> None:
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 0])
     preds = torch.tensor([0, 1, 0, 1, 1, 2, 0, 3, 0])
-    idx = loc.select_correct_inputs(labels, preds, [0, 1, 2], per_label=2,
-                                    max_inputs=100)
+    idx = loc.select_correct_inputs(
+        labels, preds, [0, 1, 2], per_label=2, max_inputs=100
+    )
     assert idx.tolist() == [0, 2, 3, 4, 5]
     assert (labels[idx] == preds[idx]).all()
     assert 3 not in labels[idx].tolist()  # label not held by participants

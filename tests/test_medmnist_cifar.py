@@ -44,9 +44,16 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _cfg(dataset: str, data_dir: Path | str, **extra: object):
-    return parse_run_config({"dataset": dataset, "model": "cnn",
-                             "data-dir": str(data_dir), "num-clients": 2,
-                             "min-partition-size": 1, **extra})
+    return parse_run_config(
+        {
+            "dataset": dataset,
+            "model": "cnn",
+            "data-dir": str(data_dir),
+            "num-clients": 2,
+            "min-partition-size": 1,
+            **extra,
+        }
+    )
 
 
 # ----------------------------------------------------------------------- medmnist
@@ -56,8 +63,9 @@ def _cfg(dataset: str, data_dir: Path | str, **extra: object):
 def test_medmnist_npz_loads_through_real_loaders(
     flag: str, channels: int, num_classes: int, tmp_path: Path
 ) -> None:
-    path = write_medmnist_npz(tmp_path / "data", flag, train_per_class=4,
-                              val_per_class=2, test_per_class=3)
+    path = write_medmnist_npz(
+        tmp_path / "data", flag, train_per_class=4, val_per_class=2, test_per_class=3
+    )
     npz = np.load(path)
     assert npz["train_labels"].shape == (4 * num_classes, 1)
     cfg = _cfg(flag, path.parent)
@@ -73,14 +81,16 @@ def test_medmnist_npz_loads_through_real_loaders(
     test = load_server_test(cfg)
     assert test.features.shape == (3 * num_classes, channels, 28, 28)
     assert test.features.dtype == torch.float32
-    assert torch.equal(test.labels, torch.as_tensor(npz["test_labels"][:, 0],
-                                                    dtype=torch.int64))
+    assert torch.equal(
+        test.labels, torch.as_tensor(npz["test_labels"][:, 0], dtype=torch.int64)
+    )
     # Normalised with mean/std 0.5: pixel p -> (p/255 - 0.5) / 0.5.
     expected = npz["test_images"][0].astype(np.float32) / 255.0 * 2.0 - 1.0
     if channels == 3:
         expected = expected.transpose(2, 0, 1)
-    np.testing.assert_allclose(test.features[0].reshape(expected.shape).numpy(),
-                               expected, atol=1e-6)
+    np.testing.assert_allclose(
+        test.features[0].reshape(expected.shape).numpy(), expected, atol=1e-6
+    )
 
     seen = []
     for pid in range(2):
@@ -97,8 +107,14 @@ def test_medmnist_npz_loads_through_real_loaders(
 
 
 def test_medmnist_other_image_size_selects_file_and_model(tmp_path: Path) -> None:
-    path = write_medmnist_npz(tmp_path / "data", "organamnist", size=64,
-                              train_per_class=2, val_per_class=1, test_per_class=1)
+    path = write_medmnist_npz(
+        tmp_path / "data",
+        "organamnist",
+        size=64,
+        train_per_class=2,
+        val_per_class=1,
+        test_per_class=1,
+    )
     assert path.name == "organamnist_64.npz"
     cfg = _cfg("organamnist", path.parent, **{"image-size": 64})
     test = load_server_test(cfg)
@@ -136,7 +152,7 @@ def test_missing_medmnist_file_fails_fast_with_instructions(
     folder = tmp_path / "empty"
     folder.mkdir()
     cfg = _cfg("pathmnist", folder if data_dir else "")
-    expected = (folder if data_dir else tmp_path / "home" / ".medmnist")
+    expected = folder if data_dir else tmp_path / "home" / ".medmnist"
     expected = expected / "pathmnist.npz"
     start = time.perf_counter()
     with pytest.raises(DataUnavailableError) as info:
@@ -160,15 +176,22 @@ def test_malformed_npz_is_reported(tmp_path: Path) -> None:
         load_medmnist(dataset_spec("organamnist"), str(folder), 28, False)
     labels = np.full((2, 1), 11, np.uint8)  # out of range for 11 classes
     images = np.zeros((2, 28, 28), np.uint8)
-    np.savez(folder / "organamnist.npz", train_images=images, train_labels=labels,
-             test_images=images, test_labels=labels)
+    np.savez(
+        folder / "organamnist.npz",
+        train_images=images,
+        train_labels=labels,
+        test_images=images,
+        test_labels=labels,
+    )
     with pytest.raises(MedMNISTUnavailableError, match=r"0\.\.10"):
         load_medmnist(dataset_spec("organamnist"), str(folder), 28, False)
 
 
 def test_registry_label_names_match_medmnist() -> None:
-    for flag, names in (("pathmnist", PATHMNIST_LABELS),
-                        ("organamnist", ORGANAMNIST_LABELS)):
+    for flag, names in (
+        ("pathmnist", PATHMNIST_LABELS),
+        ("organamnist", ORGANAMNIST_LABELS),
+    ):
         info = medmnist.INFO[flag]["label"]
         official = [info[str(i)] for i in range(len(info))]
         assert [n.lower() for n in names] == official
@@ -194,13 +217,24 @@ def _mean_entropy(cfg, num_clients: int) -> float:
 
 
 def test_dirichlet_alpha_controls_label_skew(tmp_path: Path) -> None:
-    path = write_medmnist_npz(tmp_path / "data", "pathmnist", train_per_class=60,
-                              val_per_class=0, test_per_class=1)
+    path = write_medmnist_npz(
+        tmp_path / "data",
+        "pathmnist",
+        train_per_class=60,
+        val_per_class=0,
+        test_per_class=1,
+    )
     stats = {}
     for alpha in (0.1, 10.0):
-        cfg = parse_run_config({"dataset": "pathmnist", "data-dir": str(path.parent),
-                                "num-clients": 5, "min-partition-size": 5,
-                                "dirichlet-alpha": alpha})
+        cfg = parse_run_config(
+            {
+                "dataset": "pathmnist",
+                "data-dir": str(path.parent),
+                "num-clients": 5,
+                "min-partition-size": 5,
+                "dirichlet-alpha": alpha,
+            }
+        )
         stats[alpha] = (_mean_max_share(cfg, 5), _mean_entropy(cfg, 5))
     skewed, balanced = stats[0.1], stats[10.0]
     assert skewed[0] > balanced[0] + 0.25  # larger dominant-label share
@@ -224,9 +258,11 @@ def test_cifar10_mirror_loads_in_hub_schema(tmp_path: Path) -> None:
     img = np.asarray(splits.test.with_format("numpy")[0]["image"])
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
     expected = (img.astype(np.float32) / 255.0 - np.array(spec.mean)) / np.array(
-        spec.std)
-    np.testing.assert_allclose(test.features[0].numpy(),
-                               expected.transpose(2, 0, 1), atol=1e-5)
+        spec.std
+    )
+    np.testing.assert_allclose(
+        test.features[0].numpy(), expected.transpose(2, 0, 1), atol=1e-5
+    )
     client = load_client_data(cfg, 0, 2)
     assert client.train.features.shape[1:] == (3, 32, 32)
     assert client.label_counts.shape == (10,)
@@ -249,19 +285,34 @@ def test_cifar10_without_mirror_fails_fast_offline(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dataset", ["pathmnist", "organamnist", "cifar10"])
 def test_image_end_to_end_simulation(dataset: str, tmp_path: Path) -> None:
     if dataset == "cifar10":
-        data_dir = write_cifar10(tmp_path / "data", train_per_class=8,
-                                 test_per_class=2)
+        data_dir = write_cifar10(tmp_path / "data", train_per_class=8, test_per_class=2)
     else:
-        data_dir = write_medmnist_npz(tmp_path / "data", dataset, train_per_class=8,
-                                      val_per_class=1, test_per_class=2).parent
+        data_dir = write_medmnist_npz(
+            tmp_path / "data",
+            dataset,
+            train_per_class=8,
+            val_per_class=1,
+            test_per_class=2,
+        ).parent
     out = tmp_path / "out"
     rc, log = run_simulation(
-        {"dataset": dataset, "model": "cnn", "data-dir": str(data_dir),
-         "num-clients": 2, "min-train-nodes": 2, "min-available-nodes": 2,
-         "num-server-rounds": 1, "local-epochs": 3, "batch-size": 8,
-         "optimizer": "adam", "lr": 0.003, "dirichlet-alpha": 1.0,
-         "min-partition-size": 1, "provenance-inputs-per-label": 1,
-         "provenance-max-inputs": 6},
+        {
+            "dataset": dataset,
+            "model": "cnn",
+            "data-dir": str(data_dir),
+            "num-clients": 2,
+            "min-train-nodes": 2,
+            "min-available-nodes": 2,
+            "num-server-rounds": 1,
+            "local-epochs": 3,
+            "batch-size": 8,
+            "optimizer": "adam",
+            "lr": 0.003,
+            "dirichlet-alpha": 1.0,
+            "min-partition-size": 1,
+            "provenance-inputs-per-label": 1,
+            "provenance-max-inputs": 6,
+        },
         out,
     )
     assert rc == 0, log[-5000:]

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from tracefl.registry import IMAGE_MODEL_NAMES, dataset_spec
 from tracefl.model import build_model
+from tracefl.registry import IMAGE_MODEL_NAMES, dataset_spec
 
 SPECS = {
     "mnist": dataset_spec("mnist"),  # 1x28x28, 10 classes

@@ -41,8 +41,11 @@ from tracefl.text import (
 from tracefl.train import TrainSettings, evaluate, logits_of, train
 
 REPO = Path(__file__).resolve().parent.parent
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +60,11 @@ def _run_offline(code: str, tmp_path: Path, timeout: float = 300) -> dict:
     env = {**os.environ, **OFFLINE_ENV, "HF_HOME": str(tmp_path / "hf-home")}
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -116,8 +123,13 @@ def _padding_invariant(model: torch.nn.Module, model_name: str) -> None:
     model.eval()
     alone = encode_texts(["the river valley"], model_name, 32)
     batch = encode_texts(
-        ["the river valley", "a much longer text about the football league and "
-         "the players of the club"], model_name, 32)
+        [
+            "the river valley",
+            "a much longer text about the football league and the players of the club",
+        ],
+        model_name,
+        32,
+    )
     assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1]
     with torch.no_grad():
         a = logits_of(model, alone)[0]
@@ -142,8 +154,14 @@ def test_gpt2_tiny_builds_and_returns_logits() -> None:
 def test_gpt2_tiny_learns_fixture_with_adamw(tmp_path: Path) -> None:
     """AdamW (optimizer='adamw') trains a text model through the real loaders."""
     data_dir = write_dbpedia14(tmp_path / "data")
-    cfg = parse_run_config({"dataset": "dbpedia_14", "model": "gpt2-tiny",
-                            "data-dir": str(data_dir), "max-seq-len": 32})
+    cfg = parse_run_config(
+        {
+            "dataset": "dbpedia_14",
+            "model": "gpt2-tiny",
+            "data-dir": str(data_dir),
+            "max-seq-len": 32,
+        }
+    )
     spec = dataset_spec(cfg.dataset)
     splits = raw_splits(cfg)
     train_set = to_tensors(splits.train, spec, cfg)
@@ -152,8 +170,14 @@ def test_gpt2_tiny_learns_fixture_with_adamw(tmp_path: Path) -> None:
     model = build_model(cfg.model, spec, max_seq_len=cfg.max_seq_len)
     device = torch.device("cpu")
     loss_before, _ = evaluate(model, test_set, 16, device)
-    settings = TrainSettings(epochs=5, batch_size=8, optimizer="adamw", lr=3e-3,
-                             momentum=0.0, weight_decay=0.01)
+    settings = TrainSettings(
+        epochs=5,
+        batch_size=8,
+        optimizer="adamw",
+        lr=3e-3,
+        momentum=0.0,
+        weight_decay=0.01,
+    )
     train(model, train_set, settings, device, seed=0)
     loss_after, acc_after = evaluate(model, test_set, 16, device)
     assert loss_after < loss_before
@@ -177,8 +201,11 @@ def test_minilm_loads_offline_in_fresh_process(tmp_path: Path) -> None:
         """,
         tmp_path,
     )
-    assert result == {"shape": [2, 14], "pretrained": True,
-                      "type": "BertForSequenceClassification"}
+    assert result == {
+        "shape": [2, 14],
+        "pretrained": True,
+        "type": "BertForSequenceClassification",
+    }
 
 
 def test_minilm_padding_invariant() -> None:
@@ -234,15 +261,19 @@ def test_unknown_text_model_name_is_rejected() -> None:
 
 
 def test_dbpedia_fixture_loads_through_data_dir(tmp_path: Path) -> None:
-    data_dir = write_dbpedia14(tmp_path / "data", train_per_class=10,
-                               test_per_class=3)
-    raw = pd.read_parquet(
-        data_dir / "dbpedia_14" / "train-00000-of-00001.parquet"
+    data_dir = write_dbpedia14(tmp_path / "data", train_per_class=10, test_per_class=3)
+    raw = pd.read_parquet(data_dir / "dbpedia_14" / "train-00000-of-00001.parquet")
+    cfg = parse_run_config(
+        {
+            "dataset": "dbpedia_14",
+            "model": "minilm",
+            "data-dir": str(data_dir),
+            "num-clients": 3,
+            "min-partition-size": 1,
+            "dirichlet-alpha": 0.5,
+            "max-seq-len": 32,
+        }
     )
-    cfg = parse_run_config({"dataset": "dbpedia_14", "model": "minilm",
-                            "data-dir": str(data_dir), "num-clients": 3,
-                            "min-partition-size": 1, "dirichlet-alpha": 0.5,
-                            "max-seq-len": 32})
     splits = raw_splits(cfg)
     assert splits.train.column_names == ["text", "label"]
     assert splits.train["text"] == [
@@ -258,8 +289,9 @@ def test_dbpedia_fixture_loads_through_data_dir(tmp_path: Path) -> None:
         seen += idx.tolist()
         assert client.label_counts.shape == (14,)
         assert client.label_counts.sum() == len(client.train) == len(idx) >= 1
-        assert torch.equal(client.train.labels,
-                           torch.as_tensor(raw["label"].to_numpy()[idx]))
+        assert torch.equal(
+            client.train.labels, torch.as_tensor(raw["label"].to_numpy()[idx])
+        )
         ids = client.train.features["input_ids"]
         assert ids.dtype == torch.int64 and ids.shape[1] <= 32
         # Row i's tokens contain its class keywords.
@@ -278,8 +310,13 @@ def test_yahoo_fixture_loads_with_and_without_answer(tmp_path: Path) -> None:
     raw = pd.read_parquet(
         data_dir / "yahoo_answers_topics" / "test-00000-of-00001.parquet"
     )
-    base = {"dataset": "yahoo_answers_topics", "model": "gpt2-tiny",
-            "data-dir": str(data_dir), "num-clients": 2, "min-partition-size": 1}
+    base = {
+        "dataset": "yahoo_answers_topics",
+        "model": "gpt2-tiny",
+        "data-dir": str(data_dir),
+        "num-clients": 2,
+        "min-partition-size": 1,
+    }
     without = raw_splits(parse_run_config(base)).test
     with_answer = raw_splits(
         parse_run_config({**base, "text-include-answer": True})
@@ -288,8 +325,9 @@ def test_yahoo_fixture_loads_with_and_without_answer(tmp_path: Path) -> None:
     assert without["label"] == raw["topic"].tolist()
     assert not any("answer" in t.split() for t in without["text"])
     assert all("answer" in t.split() for t in with_answer["text"])
-    assert all(q in t for q, t in zip(raw["question_title"], without["text"],
-                                      strict=True))
+    assert all(
+        q in t for q, t in zip(raw["question_title"], without["text"], strict=True)
+    )
     test = load_server_test(parse_run_config(base))
     assert test.features["input_ids"].shape[0] == len(raw)
     counts = load_client_data(parse_run_config(base), 1, 2).label_counts
@@ -297,13 +335,21 @@ def test_yahoo_fixture_loads_with_and_without_answer(tmp_path: Path) -> None:
 
 
 def test_dirichlet_partition_of_text_pool_is_label_skewed(tmp_path: Path) -> None:
-    data_dir = write_dbpedia14(tmp_path / "data", train_per_class=30,
-                               classes=tuple(range(8)))
+    data_dir = write_dbpedia14(
+        tmp_path / "data", train_per_class=30, classes=tuple(range(8))
+    )
     shares = {}
     for alpha in (0.1, 100.0):
-        cfg = parse_run_config({"dataset": "dbpedia_14", "model": "minilm",
-                                "data-dir": str(data_dir), "num-clients": 4,
-                                "min-partition-size": 1, "dirichlet-alpha": alpha})
+        cfg = parse_run_config(
+            {
+                "dataset": "dbpedia_14",
+                "model": "minilm",
+                "data-dir": str(data_dir),
+                "num-clients": 4,
+                "min-partition-size": 1,
+                "dirichlet-alpha": alpha,
+            }
+        )
         client_labels = [client_partition(cfg, pid, 4)[1] for pid in range(4)]
         shares[alpha] = np.mean(
             [np.bincount(c, minlength=14).max() / len(c) for c in client_labels]

@@ -1,0 +1,1 @@
+"""TraceFL: neuron provenance for federated learning, as a Flower app."""

@@ -191,8 +191,9 @@ class RoundAnalyzer:
                 cfg.provenance_max_inputs,
             )
         out: dict[str, Any] = {}
-        faulty_ids = [r.partition_id for r in records if r.partition_id in
-                      cfg.faulty_client_ids]
+        faulty_ids = [
+            r.partition_id for r in records if r.partition_id in cfg.faulty_client_ids
+        ]
         if cfg.faulty_mode:
             out["faulty_participants"] = ";".join(str(i) for i in faulty_ids)
         if len(idx) == 0:
@@ -262,8 +263,12 @@ class RoundAnalyzer:
                 "num_traced": len(idx),
                 "paper_accuracy": round(float(paper.mean()), 6),
                 "paper_random_baseline": round(
-                    float(loc.paper_random_baseline(true, counts,
-                                                    cfg.label_min_count).mean()), 6
+                    float(
+                        loc.paper_random_baseline(
+                            true, counts, cfg.label_min_count
+                        ).mean()
+                    ),
+                    6,
                 ),
                 "strict_accuracy": round(float(strict.mean()), 6),
                 "strict_random_baseline": round(
@@ -310,8 +315,9 @@ class RoundAnalyzer:
         )
         found = {int(c) for c in result.faulty_client_ids}
         return {
-            "feddebug_accuracy": round(len(found & set(faulty_ids)) / len(faulty_ids),
-                                       6),
+            "feddebug_accuracy": round(
+                len(found & set(faulty_ids)) / len(faulty_ids), 6
+            ),
             "feddebug_suspects": ";".join(result.faulty_client_ids),
             "feddebug_seconds": round(result.seconds, 4),
         }
@@ -329,8 +335,12 @@ class RoundAnalyzer:
         write_csv(
             out_dir / "clients.csv",
             self.client_rows,
-            ("round", "client", "num_examples",
-             *(f"label_{c}" for c in range(num_classes))),
+            (
+                "round",
+                "client",
+                "num_examples",
+                *(f"label_{c}" for c in range(num_classes)),
+            ),
         )
 
 

@@ -10,7 +10,14 @@ ids live in a ConfigRecord because FedAvg weight-averages MetricRecord values.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -43,7 +50,7 @@ app = ClientApp()
 
 
 def _node_partition(context: Context, cfg: TraceFLConfig) -> tuple[int, int]:
-    """This node's ``partition-id`` and ``num-partitions`` from its node config."""
+    """Read ``partition-id`` and ``num-partitions`` from the node config."""
     try:
         partition_id = int(context.node_config["partition-id"])
         num_partitions = int(context.node_config["num-partitions"])

@@ -25,7 +25,7 @@ DP_CLIPPING_MODES = ("server", "client")
 
 
 class ConfigError(ValueError):
-    """A run-config value is invalid; the message names key, value and what is allowed."""
+    """Invalid run-config value; the message names key, value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ def _parse_label_flip(text: str) -> dict[int, int]:
 
 def validate(cfg: TraceFLConfig) -> None:
     """Check every value and cross-key constraint; raise :class:`ConfigError`."""
-    from tracefl.registry import dataset_num_classes, dataset_kind
+    from tracefl.registry import dataset_kind, dataset_num_classes
 
     _one_of("dataset", cfg.dataset, DATASET_NAMES)
     kind = dataset_kind(cfg.dataset)
@@ -310,8 +310,12 @@ def validate(cfg: TraceFLConfig) -> None:
             value,
             "must be a finite number >= 0",
         )
-    _require(cfg.min_partition_size >= 0, "min-partition-size", cfg.min_partition_size,
-             "must be >= 0")
+    _require(
+        cfg.min_partition_size >= 0,
+        "min-partition-size",
+        cfg.min_partition_size,
+        "must be >= 0",
+    )
     _require(
         math.isfinite(cfg.dirichlet_alpha) and cfg.dirichlet_alpha > 0,
         "dirichlet-alpha",
@@ -334,8 +338,12 @@ def validate(cfg: TraceFLConfig) -> None:
     for name in ("fraction_train", "fraction_evaluate"):
         value = getattr(cfg, name)
         _require(0 <= value <= 1, name.replace("_", "-"), value, "must be in [0, 1]")
-    _require(cfg.fraction_train > 0, "fraction-train", cfg.fraction_train,
-             "must be > 0: TraceFL needs trained client models")
+    _require(
+        cfg.fraction_train > 0,
+        "fraction-train",
+        cfg.fraction_train,
+        "must be > 0: TraceFL needs trained client models",
+    )
     for name in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
         value = getattr(cfg, name)
         _require(
@@ -344,8 +352,9 @@ def validate(cfg: TraceFLConfig) -> None:
             value,
             f"must be in 0..num-clients ({cfg.num_clients})",
         )
-    _require(cfg.min_train_nodes >= 1, "min-train-nodes", cfg.min_train_nodes,
-             "must be >= 1")
+    _require(
+        cfg.min_train_nodes >= 1, "min-train-nodes", cfg.min_train_nodes, "must be >= 1"
+    )
     _require(
         cfg.min_available_nodes >= cfg.min_train_nodes,
         "min-available-nodes",
@@ -362,7 +371,7 @@ def validate(cfg: TraceFLConfig) -> None:
     if cfg.provenance_rounds.strip().lower() != "all":
         toks = [t.strip() for t in cfg.provenance_rounds.split(",") if t.strip()]
         _require(
-            bool(toks) and all(t.isdigit() and 1 <= int(t) for t in toks),
+            bool(toks) and all(t.isdigit() and int(t) >= 1 for t in toks),
             "provenance-rounds",
             cfg.provenance_rounds,
             "expected 'all' or comma-separated round numbers >= 1, e.g. '1,3'",

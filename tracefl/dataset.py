@@ -198,8 +198,11 @@ def client_partition(
 def _pool_partitions(
     cfg: TraceFLConfig, num_partitions: int
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Pool labels and every client's indices (cached: clients share a process
-    in simulation, and each round would otherwise re-partition)."""
+    """Pool labels and every client's indices.
+
+    Cached: clients share a process in simulation, and each round would
+    otherwise re-partition.
+    """
     return _cached_partitions(
         cfg.dataset,
         cfg.data_dir,
@@ -294,10 +297,8 @@ def to_tensors(
 def images_to_tensor(images: np.ndarray, spec: DatasetSpec) -> Tensor:
     """Normalise raw uint8 images (N, H, W) or (N, H, W, C) to float32 (N, C, H, W)."""
     x = torch.from_numpy(images.astype(np.float32)).div_(255.0)
-    if x.ndim == 3:  # (N, H, W) grayscale
-        x = x.unsqueeze(1)
-    else:  # (N, H, W, C)
-        x = x.permute(0, 3, 1, 2)
+    # (N, H, W) grayscale or (N, H, W, C) colour -> (N, C, H, W)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     if x.shape[1] != spec.channels:
         if spec.channels == 1:
             x = x.mean(dim=1, keepdim=True)

@@ -335,7 +335,7 @@ def _scaled_layer(out: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _leave_one_out_suspects(active: torch.Tensor, num_faulty: int) -> torch.Tensor:
-    """Iterative leave-one-out search, vectorised over inputs, clients, neurons.
+    r"""Iterative leave-one-out search, vectorised over inputs, clients, neurons.
 
     For each input and remaining client set ``R`` (``m = |R|`` clients), a
     neuron is active in all of ``R \\ {k}`` iff ``count - active[k] == m - 1``

@@ -282,8 +282,10 @@ class LocalSuperLink:
     ) -> subprocess.Popen:
         """Start a deployment SuperNode with its partition in the node config."""
         if self.simulation:
-            raise RuntimeError("SuperNodes join a deployment SuperLink only "
-                               "(LocalSuperLink(simulation=False)).")
+            raise RuntimeError(
+                "SuperNodes join a deployment SuperLink only "
+                "(LocalSuperLink(simulation=False))."
+            )
         cmd = [
             _bin("flower-supernode"),
             "--insecure",
@@ -521,12 +523,18 @@ def run_deployment(
             "SuperNode holds one partition, so they must match."
         )
     with LocalSuperLink(simulation=False, workdir=workdir, log_dir=log_dir) as link:
-        print(f"[deploy] SuperLink on {link.address}; logs in {link.log_dir}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[deploy] SuperLink on {link.address}; logs in {link.log_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
         link.start_supernodes(num_supernodes)
         link.wait_for_supernodes(num_supernodes, timeout=connect_timeout)
-        print(f"[deploy] {num_supernodes} SuperNodes online; submitting the run",
-              file=sys.stderr, flush=True)
+        print(
+            f"[deploy] {num_supernodes} SuperNodes online; submitting the run",
+            file=sys.stderr,
+            flush=True,
+        )
         return link.run_app(config, timeout=timeout, stdout=stdout)
 
 
@@ -567,15 +575,33 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: run the app once on a private simulation or deployment SuperLink."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--run-config", action="append", default=[],
-                        help="run-config override key=value (repeatable)")
-    parser.add_argument("--num-supernodes", type=int, default=None,
-                        help="simulated SuperNodes (default: num-clients)")
-    parser.add_argument("--deployment", type=int, default=None, metavar="N",
-                        help="deployment engine instead of simulation: start N "
-                             "real SuperNodes on 127.0.0.1 (num-clients=N)")
-    parser.add_argument("--log-dir", type=Path, default=None,
-                        help="where SuperLink/SuperNode logs go (default: a tmp dir)")
+    parser.add_argument(
+        "-c",
+        "--run-config",
+        action="append",
+        default=[],
+        help="run-config override key=value (repeatable)",
+    )
+    parser.add_argument(
+        "--num-supernodes",
+        type=int,
+        default=None,
+        help="simulated SuperNodes (default: num-clients)",
+    )
+    parser.add_argument(
+        "--deployment",
+        type=int,
+        default=None,
+        metavar="N",
+        help="deployment engine instead of simulation: start N "
+        "real SuperNodes on 127.0.0.1 (num-clients=N)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="where SuperLink/SuperNode logs go (default: a tmp dir)",
+    )
     parser.add_argument("--client-cpus", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=None)
     args = parser.parse_args(argv)
@@ -584,8 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.deployment is not None:
             if args.deployment < 1:
                 parser.error("--deployment needs at least one SuperNode")
-            return run_deployment(run_config, args.deployment,
-                                  log_dir=args.log_dir, timeout=args.timeout)
+            return run_deployment(
+                run_config, args.deployment, log_dir=args.log_dir, timeout=args.timeout
+            )
         num_nodes = args.num_supernodes or int(run_config.get("num-clients", 10))
         with LocalSuperLink(simulation=True, log_dir=args.log_dir) as link:
             return link.run_app(

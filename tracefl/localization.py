@@ -87,6 +87,8 @@ def paper_correct(
         (B,) true label of each input.
     label_counts
         (K, C) label histogram of each participant.
+    min_count
+        Samples of the label the traced client must hold to count as correct.
     """
     return label_counts[traced, labels] >= min_count
 
@@ -132,7 +134,9 @@ def strict_random_baseline(labels: np.ndarray, label_counts: np.ndarray) -> np.n
     return ((held == best) & (best > 0)).mean(axis=0)
 
 
-def faulty_random_baseline(num_faulty_participants: int, num_participants: int) -> float:
+def faulty_random_baseline(
+    num_faulty_participants: int, num_participants: int
+) -> float:
     """Chance that a random participant is faulty: |faulty ∩ P| / |P|."""
     return num_faulty_participants / num_participants
 

@@ -59,7 +59,9 @@ def _adapt_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
     )
 
 
-def build_image_model(name: str, spec: DatasetSpec, pretrained: bool = False) -> nn.Module:
+def build_image_model(
+    name: str, spec: DatasetSpec, pretrained: bool = False
+) -> nn.Module:
     """Build an image classifier for the dataset's channels and classes.
 
     torchvision ResNets keep their ImageNet stem (stride-2 conv and max pooling),
@@ -92,9 +94,7 @@ def build_image_model(name: str, spec: DatasetSpec, pretrained: bool = False) ->
             # stride-4 ImageNet stem; keep the stride-2 conv, drop the pooling.
             model.features.pool0 = nn.Identity()
         if model.classifier.out_features != spec.num_classes:
-            model.classifier = nn.Linear(
-                model.classifier.in_features, spec.num_classes
-            )
+            model.classifier = nn.Linear(model.classifier.in_features, spec.num_classes)
     return model
 
 

@@ -43,7 +43,9 @@ def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Pat
     """Global and localization accuracy per round, with random baselines."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     r = rounds["round"]
-    ax.plot(r, 100 * _numeric(rounds, "test_accuracy"), "k-o", label="Global model acc.")
+    ax.plot(
+        r, 100 * _numeric(rounds, "test_accuracy"), "k-o", label="Global model acc."
+    )
     faulty = _numeric(rounds, "faulty_accuracy").notna().any()
     series = (
         [
@@ -94,8 +96,10 @@ def plot_provenance_round(
     ax_p.set_xticks(range(len(client_ids)), [str(c) for c in client_ids], fontsize=7)
     ax_p.set_yticks(
         range(len(rows)),
-        [f"#{i} (y={t})" for i, t in zip(rows["input_index"], rows["true_label"],
-                                         strict=True)],
+        [
+            f"#{i} (y={t})"
+            for i, t in zip(rows["input_index"], rows["true_label"], strict=True)
+        ],
         fontsize=6,
     )
     ax_p.set_xlabel("Client")
@@ -103,8 +107,11 @@ def plot_provenance_round(
     fig.colorbar(im, ax=ax_p, fraction=0.04)
     im2 = ax_c.imshow(share.T, aspect="auto", cmap="magma", vmin=0, vmax=1)
     ax_c.set_xticks(range(len(client_ids)), [str(c) for c in client_ids], fontsize=7)
-    ax_c.set_yticks(range(len(label_cols)), [c.removeprefix("label_") for c in
-                                             label_cols], fontsize=6)
+    ax_c.set_yticks(
+        range(len(label_cols)),
+        [c.removeprefix("label_") for c in label_cols],
+        fontsize=6,
+    )
     ax_c.set_xlabel("Client")
     ax_c.set_ylabel("Label")
     ax_c.set_title("Share of each label held by each client", fontsize=9)
@@ -123,7 +130,9 @@ def plot_run(out_dir: Path) -> list[Path]:
         clients = pd.read_csv(clients_path)
         for server_round in sorted(inputs["round"].unique()):
             paths += plot_provenance_round(
-                inputs, clients, int(server_round),
+                inputs,
+                clients,
+                int(server_round),
                 out_dir / f"provenance_round_{int(server_round)}",
             )
     return paths

@@ -106,7 +106,8 @@ def summarize_run(run_dir: Path) -> dict[str, object]:
 def run_dirs(experiment_dir: Path) -> list[Path]:
     """Run sub-directories that finished writing ``rounds.csv``."""
     return sorted(
-        p for p in Path(experiment_dir).iterdir()
+        p
+        for p in Path(experiment_dir).iterdir()
         if (p / "rounds.csv").is_file() and (p / "run.json").is_file()
     )
 
@@ -126,10 +127,20 @@ def latex_table(frame: pd.DataFrame) -> str:
     columns = [
         c
         for c in (
-            "dataset", "model", "num_clients", "alpha", "noise_multiplier",
-            "clipping_norm", "max_test_accuracy", "paper_accuracy",
-            "paper_random_baseline", "strict_accuracy", "strict_random_baseline",
-            "faulty_accuracy", "faulty_random_baseline", "feddebug_accuracy",
+            "dataset",
+            "model",
+            "num_clients",
+            "alpha",
+            "noise_multiplier",
+            "clipping_norm",
+            "max_test_accuracy",
+            "paper_accuracy",
+            "paper_random_baseline",
+            "strict_accuracy",
+            "strict_random_baseline",
+            "faulty_accuracy",
+            "faulty_random_baseline",
+            "feddebug_accuracy",
         )
         if c in frame and frame[c].notna().any()
     ]
@@ -151,7 +162,9 @@ def latex_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_bars(frame: pd.DataFrame, label_column: str, stem: Path, title: str) -> list[Path]:
+def plot_bars(
+    frame: pd.DataFrame, label_column: str, stem: Path, title: str
+) -> list[Path]:
     """Grouped bars per run: global accuracy, TraceFL paper/strict, random."""
     metrics = [
         ("max_test_accuracy", "Global model (max)"),
@@ -190,8 +203,9 @@ def plot_lines(
         ("paper_random_baseline", "Random (paper metric)", "C0:"),
         ("strict_random_baseline", "Random (strict metric)", "C1:"),
     ):
-        ax.plot(x, 100 * pd.to_numeric(frame[column], errors="coerce"), style,
-                label=name)
+        ax.plot(
+            x, 100 * pd.to_numeric(frame[column], errors="coerce"), style, label=name
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("Accuracy (%)")
     ax.set_ylim(-2, 102)
@@ -202,7 +216,11 @@ def plot_lines(
 
 
 def plot_round_curves(
-    experiment_dir: Path, column: str, label_column: str, stem: Path, title: str,
+    experiment_dir: Path,
+    column: str,
+    label_column: str,
+    stem: Path,
+    title: str,
     ylabel: str,
 ) -> list[Path]:
     """One line per run of a per-round column (e.g. test accuracy per DP level)."""
@@ -210,8 +228,12 @@ def plot_round_curves(
     for run_dir in run_dirs(experiment_dir):
         rounds = pd.read_csv(run_dir / "rounds.csv")
         cfg = json.loads((run_dir / "run.json").read_text())["config"]
-        ax.plot(rounds["round"], 100 * pd.to_numeric(rounds[column], errors="coerce"),
-                "-o", label=f"{label_column}={cfg[label_column]}")
+        ax.plot(
+            rounds["round"],
+            100 * pd.to_numeric(rounds[column], errors="coerce"),
+            "-o",
+            label=f"{label_column}={cfg[label_column]}",
+        )
     ax.set_xlabel("Round")
     ax.set_ylabel(ylabel)
     ax.set_ylim(-2, 102)
@@ -221,14 +243,20 @@ def plot_round_curves(
     return save_figure(fig, stem)
 
 
-def plot_times(frame: pd.DataFrame, label_column: str, stem: Path, title: str) -> list[Path]:
+def plot_times(
+    frame: pd.DataFrame, label_column: str, stem: Path, title: str
+) -> list[Path]:
     """TraceFL vs FedDebug localization time per round (paper Fig. 6)."""
     labels = frame[label_column].astype(str).tolist()
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(labels) + 2), 3.4))
     ax.bar(x - 0.2, frame["tracefl_seconds_per_round"], 0.4, label="TraceFL")
-    ax.bar(x + 0.2, pd.to_numeric(frame["feddebug_seconds_per_round"],
-                                  errors="coerce").fillna(0), 0.4, label="FedDebug")
+    ax.bar(
+        x + 0.2,
+        pd.to_numeric(frame["feddebug_seconds_per_round"], errors="coerce").fillna(0),
+        0.4,
+        label="FedDebug",
+    )
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("Localization time per round (s)")
     ax.set_title(title, fontsize=9)

@@ -34,7 +34,9 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+def write_csv(
+    path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> None:
     """Write ``rows`` with exactly ``columns`` (in that order) atomically."""
     frame = pd.DataFrame(list(rows), columns=list(columns))
     with atomic_open(path) as handle:

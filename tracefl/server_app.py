@@ -46,8 +46,16 @@ def setup_logging() -> None:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that determine a run's numbers."""
-    names = ("tracefl", "flwr", "flwr-datasets", "torch", "torchvision",
-             "transformers", "datasets", "numpy")
+    names = (
+        "tracefl",
+        "flwr",
+        "flwr-datasets",
+        "torch",
+        "torchvision",
+        "transformers",
+        "datasets",
+        "numpy",
+    )
     versions = {"python": platform.python_version()}
     for name in names:
         try:
@@ -76,7 +84,9 @@ def build_strategy(cfg: TraceFLConfig, hook: RoundAnalyzer) -> Strategy:
     }
     if not cfg.dp_enabled:
         return TraceFLFedAvg(on_round_end=hook, **fedavg_args)
-    wrapper = ServerSideDPWithHook if cfg.dp_clipping == "server" else ClientSideDPWithHook
+    wrapper = (
+        ServerSideDPWithHook if cfg.dp_clipping == "server" else ClientSideDPWithHook
+    )
     return wrapper(
         TraceFLFedAvg(**fedavg_args),
         hook,
@@ -125,12 +135,16 @@ def main(grid: Grid, context: Context) -> None:
             train_config=ConfigRecord({"lr": cfg.lr}),
         )
     except BaseException as err:
-        run_info.update(status="failed", error=repr(err),
-                        finished=datetime.now(UTC).isoformat())
+        run_info.update(
+            status="failed", error=repr(err), finished=datetime.now(UTC).isoformat()
+        )
         write_json(out_dir / "run.json", run_info)
         raise
-    run_info.update(status="completed", finished=datetime.now(UTC).isoformat(),
-                    rounds_recorded=len(analyzer.round_rows))
+    run_info.update(
+        status="completed",
+        finished=datetime.now(UTC).isoformat(),
+        rounds_recorded=len(analyzer.round_rows),
+    )
     write_json(out_dir / "run.json", run_info)
     if cfg.plots:
         from tracefl.plotting import plot_run

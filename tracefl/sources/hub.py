@@ -32,8 +32,10 @@ class DataUnavailableError(RuntimeError):
     """The dataset's files cannot be found or fetched; the message says how to fix."""
 
 
-def load_hub(spec: DatasetSpec, data_dir: str, include_answer: bool = False) -> RawSplits:
-    """Load train/test splits and normalise columns to ``image``/``text`` + ``label``."""
+def load_hub(
+    spec: DatasetSpec, data_dir: str, include_answer: bool = False
+) -> RawSplits:
+    """Load train/test splits with columns ``image`` or ``text``, and ``label``."""
     if data_dir:
         splits = _load_local_mirror(spec, Path(data_dir).expanduser())
     else:
@@ -61,7 +63,7 @@ def _is_split_file(path: Path, folder: Path, split: str) -> bool:
 
 
 def _split_files(folder: Path, split: str) -> tuple[str, list[str]]:
-    """Files of one split in a mirror folder (searched recursively), and their builder."""
+    """Files of one split in a mirror folder (recursive), and their builder."""
     found: dict[str, list[str]] = {}
     for path in sorted(folder.rglob("*")):
         if _is_split_file(path, folder, split):
