@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from tracefl import report
-from tracefl.flower_local import REPO, LocalSuperLink, interrupt_as_exit
+from tracefl.flower_local import REPO_ROOT as REPO
+from tracefl.flower_local import LocalSuperLink, interrupt_as_exit
 
 Runs = list[tuple[str, dict[str, Any]]]
 
@@ -57,9 +58,15 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg = {"num-clients": 10, "num-server-rounds": 3}
     if args.rounds:
         cfg["num-server-rounds"] = args.rounds
-    if args.data_dir:
-        cfg["data-dir"] = args.data_dir
     return cfg
+
+
+def data_dir_for(args: argparse.Namespace, dataset: str) -> dict[str, str]:
+    """``data-dir`` for one dataset: ``<data-dir>/<dataset>`` when that exists."""
+    if not args.data_dir:
+        return {}
+    root = Path(args.data_dir).expanduser().resolve()
+    return {"data-dir": str(root / dataset if (root / dataset).is_dir() else root)}
 
 
 def _datasets(args: argparse.Namespace, default: list[str]) -> list[str]:
@@ -328,6 +335,7 @@ def run_experiment(exp: Experiment, args: argparse.Namespace, exp_dir: Path) -> 
             if out.exists():
                 shutil.rmtree(out)
             config = {
+                **data_dir_for(args, str(overrides["dataset"])),
                 **overrides,
                 "run-name": name,
                 "output-dir": str(out),
@@ -392,7 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--datasets", default="", help="comma-separated override")
     parser.add_argument("--models", default="", help="comma-separated override")
-    parser.add_argument("--data-dir", default="", help="local mirror of the data")
+    parser.add_argument(
+        "--data-dir",
+        default="",
+        help="local mirror: a folder of Hub-schema files, or a parent folder with "
+        "one sub-folder per dataset name (e.g. dbpedia_14/, yahoo_answers_topics/)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--results", type=Path, default=REPO / "results")
     parser.add_argument("--force", action="store_true", help="re-run finished runs")

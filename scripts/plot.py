@@ -12,7 +12,7 @@ from pathlib import Path
 
 from experiments import EXPERIMENTS, summarize
 
-from tracefl.flower_local import REPO
+from tracefl.flower_local import REPO_ROOT as REPO
 from tracefl.plotting import plot_run
 
 

@@ -32,46 +32,9 @@ import datasets
 import numpy as np
 from PIL import Image
 
-DBPEDIA14_NAMES = (
-    "Company",
-    "EducationalInstitution",
-    "Artist",
-    "Athlete",
-    "OfficeHolder",
-    "MeanOfTransportation",
-    "Building",
-    "NaturalPlace",
-    "Village",
-    "Animal",
-    "Plant",
-    "Album",
-    "Film",
-    "WrittenWork",
-)
-YAHOO_NAMES = (
-    "Society & Culture",
-    "Science & Mathematics",
-    "Health",
-    "Education & Reference",
-    "Computers & Internet",
-    "Sports",
-    "Business & Finance",
-    "Entertainment & Music",
-    "Family & Relationships",
-    "Politics & Government",
-)
-CIFAR10_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+from tracefl.registry import CIFAR10_LABELS as CIFAR10_NAMES
+from tracefl.registry import DBPEDIA14_LABELS as DBPEDIA14_NAMES
+from tracefl.registry import YAHOO_LABELS as YAHOO_NAMES
 
 # Class-specific keywords (real English words, so WordPiece keeps them whole).
 DBPEDIA14_WORDS = (

@@ -5,20 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from tracefl.client_app import ATTRIBUTION_KEY
 from tracefl.config import ConfigError, parse_run_config
 from tracefl.server_app import build_strategy, num_sampled_clients
 from tracefl.strategy import ClientRecord, ServerSideDPWithHook, TraceFLFedAvg
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = previous
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 SHAPES = {"w": (64, 32), "b": (32,)}

@@ -90,3 +90,37 @@ def test_same_seed_gives_identical_csvs_apart_from_timing(
         fa, fb = pd.read_csv(a / name), pd.read_csv(b / name)
         keep = [c for c in fa.columns if c not in TIMING_COLUMNS]
         assert fa[keep].to_csv(index=False) == fb[keep].to_csv(index=False), name
+
+
+def test_faulty_mode_with_client_side_dp_clipping(tmp_path: Path) -> None:
+    """Faulty-client mode and Flower's client-side clipping mod in a real run."""
+    out = tmp_path / "faulty-dp"
+    rc = run_once(
+        out,
+        tmp_path / "run.log",
+        **{
+            "num-server-rounds": 1,
+            "faulty-clients": "0",
+            "label-flip": ",".join(f"{i}:0" for i in range(1, 10)),
+            "clipping-norm": 1000.0,  # clipping on, never binding: training works
+            "noise-multiplier": 0.0,
+            "dp-clipping": "client",
+        },
+    )
+    assert rc == 0, (tmp_path / "run.log").read_text()[-4000:]
+    log = (tmp_path / "run.log").read_text()
+    assert "fixedclipping_mod: parameters are clipped" in log
+    rounds = pd.read_csv(out / "rounds.csv")
+    row = rounds.iloc[0]
+    assert row["clipping_norm"] == 1000.0 and row["noise_multiplier"] == 0.0
+    assert str(row["faulty_participants"]) == "0"
+    assert row["status"] in {"traced", "no-eligible-inputs"}
+    if row["status"] == "traced":
+        inputs = pd.read_csv(out / "inputs.csv")
+        assert (inputs["mode"] == "faulty").all()
+        assert (inputs["predicted_label"] == 0).all()
+        assert (inputs["true_label"] != 0).all()
+        assert row["faulty_random_baseline"] == pytest.approx(1 / 3)
+        assert str(row["feddebug_suspects"]) in {"0", "1", "2"}
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["dp-clipping"] == "client"

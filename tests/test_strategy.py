@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from tracefl.client_app import ATTRIBUTION_KEY
 from tracefl.strategy import ClientRecord, TraceFLFedAvg
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = previous
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def reply(partition_id: int, n: int, arrays: dict[str, np.ndarray]) -> Message:

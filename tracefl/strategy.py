@@ -110,10 +110,28 @@ class TraceFLFedAvg(FedAvg):
 
 
 class _HookAfterDP:
-    """Call the post-aggregation hook on the DP wrapper's final (noised) model."""
+    """Call the post-aggregation hook on the DP wrapper's final (noised) model.
+
+    Mixed in front of Flower's fixed-clipping DP wrappers: they clip the replies
+    in place, call the inner :class:`TraceFLFedAvg` (which records the clipped
+    client models) and add noise; the hook then sees what was actually fused.
+    """
 
     strategy: TraceFLFedAvg
-    on_round_end: PostAggregationHook
+
+    def __init__(
+        self,
+        strategy: TraceFLFedAvg,
+        on_round_end: PostAggregationHook,
+        *,
+        noise_multiplier: float,
+        clipping_norm: float,
+        num_sampled_clients: int,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            strategy, noise_multiplier, clipping_norm, num_sampled_clients
+        )
+        self.on_round_end = on_round_end
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -128,30 +146,9 @@ class _HookAfterDP:
 class ServerSideDPWithHook(_HookAfterDP, DifferentialPrivacyServerSideFixedClipping):
     """Flower's server-side fixed-clipping DP wrapper plus the TraceFL hook."""
 
-    def __init__(
-        self,
-        strategy: TraceFLFedAvg,
-        on_round_end: PostAggregationHook,
-        *,
-        noise_multiplier: float,
-        clipping_norm: float,
-        num_sampled_clients: int,
-    ) -> None:
-        super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
-        self.on_round_end = on_round_end
-
 
 class ClientSideDPWithHook(_HookAfterDP, DifferentialPrivacyClientSideFixedClipping):
-    """Flower's client-side fixed-clipping DP wrapper plus the TraceFL hook."""
+    """Flower's client-side fixed-clipping DP wrapper plus the TraceFL hook.
 
-    def __init__(
-        self,
-        strategy: TraceFLFedAvg,
-        on_round_end: PostAggregationHook,
-        *,
-        noise_multiplier: float,
-        clipping_norm: float,
-        num_sampled_clients: int,
-    ) -> None:
-        super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
-        self.on_round_end = on_round_end
+    Clients clip with Flower's ``fixedclipping_mod`` (see ``client_app.py``).
+    """

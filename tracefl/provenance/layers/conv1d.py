@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from torch import Tensor, nn
+from torch import nn
 
-from .base import LayerTracer, StackedParams, Workspace
-from .linear import affine_contributions
+from .linear import LinearTracer
 
 
 def _conv1d_class() -> type | None:
@@ -20,26 +19,16 @@ def _conv1d_class() -> type | None:
     return getattr(mod, "Conv1D", None) if mod is not None else None
 
 
-class Conv1DTracer(LayerTracer):
-    """Tracer for ``transformers.pytorch_utils.Conv1D`` (GPT-2 linear layers)."""
+class Conv1DTracer(LinearTracer):
+    """Tracer for ``transformers.pytorch_utils.Conv1D`` (GPT-2 linear layers).
+
+    Same computation as ``nn.Linear`` with the weight stored transposed.
+    """
 
     name = "Conv1D"
+    transposed = True
 
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` is a GPT-2 ``Conv1D`` (transformers imported)."""
         cls = _conv1d_class()
         return cls is not None and isinstance(module, cls)
-
-    def contributions(
-        self,
-        module: nn.Module,
-        z: Tensor,
-        c: Tensor,
-        params: StackedParams,
-        workspace: Workspace,
-    ) -> tuple[Tensor, int]:
-        """``(B, K)`` contributions; see :meth:`LayerTracer.contributions`."""
-        b = z.shape[0]
-        z2 = z.reshape(b, -1, z.shape[-1])
-        c2 = c.reshape(b, -1, c.shape[-1])
-        return affine_contributions(z2, c2, params, workspace, transposed=True)

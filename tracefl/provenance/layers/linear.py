@@ -70,6 +70,8 @@ class LinearTracer(LayerTracer):
     """Tracer for ``nn.Linear`` on inputs ``(B, in)`` or ``(B, ..., in)``."""
 
     name = "Linear"
+    #: Weight stored as ``(in, out)`` (GPT-2 ``Conv1D``) instead of ``(out, in)``.
+    transposed = False
 
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` belongs to this family."""
@@ -87,4 +89,6 @@ class LinearTracer(LayerTracer):
         b = z.shape[0]
         z2 = z.reshape(b, -1, z.shape[-1])
         c2 = c.reshape(b, -1, c.shape[-1])
-        return affine_contributions(z2, c2, params, workspace, transposed=False)
+        return affine_contributions(
+            z2, c2, params, workspace, transposed=self.transposed
+        )
