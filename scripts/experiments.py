@@ -205,6 +205,24 @@ def dp_runs(args: argparse.Namespace) -> Runs:
     ]
 
 
+def ablation_runs(args: argparse.Namespace) -> Runs:
+    """Not in the paper: the data-share factor p_k and the layer decay beta."""
+    return [
+        (
+            f"pk-{'on' if pk else 'off'}-beta-{'on' if beta else 'off'}",
+            {
+                **base_config(args),
+                "client-weights-normalization": pk,
+                "enable-beta": beta,
+                "dataset": _datasets(args, ["mnist"])[0],
+                "model": args.models or "cnn",
+            },
+        )
+        for pk in (True, False)
+        for beta in (True, False)
+    ]
+
+
 # ------------------------------------------------------------------- figures
 
 
@@ -302,6 +320,12 @@ def dp_figures(exp_dir: Path, frame: Any) -> list[Path]:
     )
 
 
+def ablation_figures(exp_dir: Path, frame: Any) -> list[Path]:
+    return report.plot_bars(
+        frame, "run", exp_dir / "ablation", "Ablation: data share p_k and decay beta"
+    )
+
+
 EXPERIMENTS = {
     e.name: e
     for e in (
@@ -311,6 +335,7 @@ EXPERIMENTS = {
         Experiment("table3", "Table 3 / Fig. 5", table3_runs, table3_figures),
         Experiment("table1", "Table 1 / Fig. 6", table1_runs, table1_figures),
         Experiment("dp", "Table 2 / Fig. 4", dp_runs, dp_figures),
+        Experiment("ablation", "beyond the paper", ablation_runs, ablation_figures),
     )
 }
 

@@ -10,16 +10,44 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
 from experiments import EXPERIMENTS, summarize
 
 from tracefl.flower_local import REPO_ROOT as REPO
 from tracefl.plotting import plot_run
+from tracefl.report import markdown_table
+
+MARKDOWN_COLUMNS = [
+    "run",
+    "max_test_accuracy",
+    "traced_rounds",
+    "inputs_traced",
+    "paper_accuracy",
+    "paper_min_after_round1",
+    "paper_random_baseline",
+    "strict_accuracy",
+    "strict_random_baseline",
+    "strict_top3",
+    "faulty_accuracy",
+    "faulty_min",
+    "faulty_random_baseline",
+    "rounds_without_faulty_inputs",
+    "feddebug_accuracy",
+    "tracefl_seconds_per_round",
+    "feddebug_seconds_per_round",
+    "provenance_share",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild figures of the given run or experiment directories."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print each experiment's summary as a Markdown table (for the README)",
+    )
     args = parser.parse_args(argv)
     targets = args.paths or sorted(
         p for p in (REPO / "results").iterdir() if p.is_dir()
@@ -29,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         name = path.name.removesuffix("-paper")
         if name in EXPERIMENTS:
             summarize(EXPERIMENTS[name], path, copy_static=path.name == name)
+            if args.markdown:
+                frame = pd.read_csv(path / "summary.csv")
+                print(f"\n### {name}\n")
+                print(markdown_table(frame, MARKDOWN_COLUMNS))
         elif (path / "rounds.csv").is_file():
             print("\n".join(str(p) for p in plot_run(path)))
         else:

@@ -94,7 +94,7 @@ def summarize_run(run_dir: Path) -> dict[str, object]:
             (rounds["status"] == "no-eligible-inputs").sum()
         )
         if cfg["faulty-clients"]
-        else 0,
+        else float("nan"),
         "feddebug_accuracy": _mean(traced, "feddebug_accuracy"),
         "tracefl_seconds_per_round": _mean(traced, "provenance_seconds"),
         "tracefl_seconds_per_input": _mean(traced, "provenance_seconds_per_input"),
@@ -263,3 +263,26 @@ def plot_times(
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, stem)
+
+
+def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
+    """Markdown table of ``columns``; accuracies and baselines shown in percent."""
+    shown = [c for c in columns if c in frame and frame[c].notna().any()]
+    lines = [
+        "| " + " | ".join(c.replace("_", " ") for c in shown) + " |",
+        "|" + "---|" * len(shown),
+    ]
+    for _, row in frame[shown].iterrows():
+        cells = []
+        for column in shown:
+            value = row[column]
+            if pd.isna(value):
+                cells.append("–")
+            elif column.endswith(("accuracy", "baseline", "top3", "min", "round1")):
+                cells.append(f"{100 * float(value):.1f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3g}")
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
