@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tracefl import report
+from tracefl.config import parse_run_config
 from tracefl.flower_local import REPO_ROOT as REPO
 from tracefl.flower_local import LocalSuperLink, interrupt_as_exit
 
@@ -346,6 +347,8 @@ EXPERIMENTS = {
 def run_experiment(exp: Experiment, args: argparse.Namespace, exp_dir: Path) -> None:
     """Run every not-yet-completed run of ``exp`` on one private SuperLink."""
     runs = exp.runs(args)
+    for _, overrides in runs:  # the whole grid is valid before anything runs
+        parse_run_config(overrides)
     with interrupt_as_exit(), LocalSuperLink(simulation=True) as link:
         for i, (name, overrides) in enumerate(runs, 1):
             out = exp_dir / name

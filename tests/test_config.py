@@ -98,3 +98,21 @@ def test_invalid_values_name_key_value_and_allowed(
     message = str(info.value)
     assert f"'{key}'" in message
     assert allowed in message
+
+
+def test_cli_rejects_bad_config_before_starting_anything() -> None:
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracefl.flower_local", "-c", "dirichlet-alpha=-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "'dirichlet-alpha' = -1.0" in proc.stderr
+    assert "SuperLink" not in proc.stdout + proc.stderr  # nothing was started
+    assert time.monotonic() - start < 30

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tracefl.config import ConfigError, parse_run_config
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Environment variable that marks every process started by one LocalSuperLink.
@@ -606,6 +608,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None)
     args = parser.parse_args(argv)
     run_config = parse_assignments(args.run_config)
+    try:  # fail at once, before any process starts or any training runs
+        parse_run_config(
+            {**run_config, "num-clients": args.deployment}
+            if args.deployment is not None
+            else run_config
+        )
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     with interrupt_as_exit():
         if args.deployment is not None:
             if args.deployment < 1:
