@@ -224,18 +224,22 @@ class RoundAnalyzer:
         )
         result = engine.attribute(self.test_data.select_features(torch.as_tensor(idx)))
         seconds = time.perf_counter() - start
-        per_input = seconds / len(idx)
 
         traced = result.traced.cpu().numpy()
         true = labels[idx].cpu().numpy()
-        ranking = loc.rank_clients(result.probs)
-        paper = loc.paper_correct(traced, true, counts, cfg.label_min_count)
-        strict = loc.strict_correct(traced, true, counts)
-        top2 = loc.strict_topk_hits(ranking, true, counts, 2)
-        top3 = loc.strict_topk_hits(ranking, true, counts, 3)
-        is_faulty = np.isin(
-            np.array([records[t].partition_id for t in traced]), faulty_ids
-        )
+        traced_ids = np.array([records[t].partition_id for t in traced])
+        if cfg.faulty_mode:
+            # Only "is the traced client faulty?" is meaningful for mispredictions.
+            per_input = {"faulty_correct": np.isin(traced_ids, faulty_ids)}
+            per_round = {"faulty_accuracy": float(per_input["faulty_correct"].mean())}
+        else:
+            per_input, per_round = label_metrics(
+                traced,
+                true,
+                loc.rank_clients(result.probs),
+                counts,
+                cfg.label_min_count,
+            )
         probs = result.probs.double().cpu().numpy()
         for b, test_index in enumerate(idx):
             row = {
@@ -244,14 +248,10 @@ class RoundAnalyzer:
                 "input_index": int(test_index),
                 "true_label": int(true[b]),
                 "predicted_label": int(preds[test_index]),
-                "traced_client": records[traced[b]].partition_id,
+                "traced_client": int(traced_ids[b]),
                 "traced_probability": round(float(probs[b, traced[b]]), 6),
-                "paper_correct": bool(paper[b]),
-                "strict_correct": bool(strict[b]),
-                "strict_top2": bool(top2[b]),
-                "strict_top3": bool(top3[b]),
-                "faulty_correct": bool(is_faulty[b]) if cfg.faulty_mode else None,
-                "provenance_seconds": round(per_input, 6),
+                "provenance_seconds": round(seconds / len(idx), 6),
+                **{name: bool(values[b]) for name, values in per_input.items()},
             }
             for k, rec in enumerate(records):
                 row[f"prob_client-{rec.partition_id}"] = round(float(probs[b, k]), 6)
@@ -261,27 +261,12 @@ class RoundAnalyzer:
             {
                 "status": "traced",
                 "num_traced": len(idx),
-                "paper_accuracy": round(float(paper.mean()), 6),
-                "paper_random_baseline": round(
-                    float(
-                        loc.paper_random_baseline(
-                            true, counts, cfg.label_min_count
-                        ).mean()
-                    ),
-                    6,
-                ),
-                "strict_accuracy": round(float(strict.mean()), 6),
-                "strict_random_baseline": round(
-                    float(loc.strict_random_baseline(true, counts).mean()), 6
-                ),
-                "strict_top2": round(float(top2.mean()), 6),
-                "strict_top3": round(float(top3.mean()), 6),
+                **{name: round(value, 6) for name, value in per_round.items()},
                 "provenance_seconds": round(seconds, 4),
-                "provenance_seconds_per_input": round(per_input, 6),
+                "provenance_seconds_per_input": round(seconds / len(idx), 6),
             }
         )
         if cfg.faulty_mode:
-            out["faulty_accuracy"] = round(float(is_faulty.mean()), 6)
             out["faulty_random_baseline"] = round(
                 loc.faulty_random_baseline(len(faulty_ids), len(records)), 6
             )
@@ -342,6 +327,47 @@ class RoundAnalyzer:
                 *(f"label_{c}" for c in range(num_classes)),
             ),
         )
+
+
+def label_metrics(
+    traced: np.ndarray,
+    true: np.ndarray,
+    ranking: np.ndarray,
+    counts: np.ndarray,
+    min_count: int,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-input correctness and per-round accuracies for correct predictions.
+
+    Parameters
+    ----------
+    traced, true
+        (B,) traced participant index and true label of each input.
+    ranking
+        (B, K) participants by decreasing probability.
+    counts
+        (K, C) label histograms the participants reported.
+    min_count
+        ``label-min-count`` of the paper metric.
+    """
+    per_input = {
+        "paper_correct": loc.paper_correct(traced, true, counts, min_count),
+        "strict_correct": loc.strict_correct(traced, true, counts),
+        "strict_top2": loc.strict_topk_hits(ranking, true, counts, 2),
+        "strict_top3": loc.strict_topk_hits(ranking, true, counts, 3),
+    }
+    per_round = {
+        "paper_accuracy": float(per_input["paper_correct"].mean()),
+        "paper_random_baseline": float(
+            loc.paper_random_baseline(true, counts, min_count).mean()
+        ),
+        "strict_accuracy": float(per_input["strict_correct"].mean()),
+        "strict_random_baseline": float(
+            loc.strict_random_baseline(true, counts).mean()
+        ),
+        "strict_top2": float(per_input["strict_top2"].mean()),
+        "strict_top3": float(per_input["strict_top3"].mean()),
+    }
+    return per_input, per_round
 
 
 def summary_line(row: dict[str, Any], faulty_mode: bool) -> str:
