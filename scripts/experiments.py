@@ -28,7 +28,7 @@ from typing import Any
 from tracefl import report
 from tracefl.config import parse_run_config
 from tracefl.flower_local import REPO_ROOT as REPO
-from tracefl.flower_local import LocalSuperLink, interrupt_as_exit
+from tracefl.flower_local import LocalSuperLink, interrupt_as_exit, run_status_code
 
 Runs = list[tuple[str, dict[str, Any]]]
 
@@ -380,6 +380,7 @@ def run_experiment(exp: Experiment, args: argparse.Namespace, exp_dir: Path) -> 
                     config, num_supernodes=int(config["num-clients"]), stdout=log
                 )
             took = time.perf_counter() - start
+            rc = rc or run_status_code(config)
             print(f"[{exp.name}] {name}: exit {rc} after {took:.0f}s", flush=True)
             if rc != 0:
                 raise SystemExit(f"Run {name} failed; see {log_path}")

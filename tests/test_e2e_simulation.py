@@ -21,6 +21,7 @@ TINY = {
     "max-per-client-data-size": 300,
     "max-server-data-size": 300,
     "provenance-inputs-per-label": 1,
+    "fraction-evaluate": 1.0,  # exercise the ClientApp's evaluate handler too
 }
 
 
@@ -62,6 +63,10 @@ def test_run_writes_every_output(two_runs: tuple[Path, Path]) -> None:
 
 def test_hook_saw_every_client_model_each_round(two_runs: tuple[Path, Path]) -> None:
     out, _ = two_runs
+    log = (out.parent / "a.log").read_text()
+    assert log.count("aggregate_train: Received 3 results and 0 failures") == 2
+    assert log.count("aggregate_evaluate: Received 3 results and 0 failures") == 2
+    assert "eval-acc" in log
     rounds = pd.read_csv(out / "rounds.csv")
     assert list(rounds.columns) == list(ROUND_COLUMNS)
     assert rounds["round"].tolist() == [1, 2]

@@ -203,6 +203,12 @@ class RoundAnalyzer:
         if cfg.faulty_mode and not faulty_ids:
             out["status"] = "no-faulty-participant"
             return out
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            # Training diverged (e.g. under heavy DP noise): there is nothing to
+            # attribute. Record it and let the federation go on.
+            out["status"] = "global-model-not-finite"
+            log.warning("Round %d: global model has NaN/Inf; not traced.", server_round)
+            return out
 
         log.info(
             "Round %d: provenance on %d inputs over %d clients...",

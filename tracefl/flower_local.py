@@ -626,12 +626,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         num_nodes = args.num_supernodes or int(run_config.get("num-clients", 10))
         with LocalSuperLink(simulation=True, log_dir=args.log_dir) as link:
-            return link.run_app(
+            rc = link.run_app(
                 run_config,
                 num_supernodes=num_nodes,
                 client_cpus=args.client_cpus,
                 timeout=args.timeout,
             )
+        return rc or run_status_code(run_config)
+
+
+def run_status_code(run_config: Mapping[str, Any], workdir: Path = REPO_ROOT) -> int:
+    """1 unless the run's ``run.json`` says it completed, else 0.
+
+    ``flwr run --stream`` exits 0 even when the ServerApp raised, so the
+    ServerApp's own record is the reliable verdict.
+    """
+    out = Path(str(run_config.get("output-dir") or ""))
+    if not str(out) or str(out) == ".":
+        out = Path("results") / str(run_config.get("run-name", "default"))
+    run_json = out if out.is_absolute() else workdir / out
+    run_json = run_json / "run.json"
+    try:
+        status = json.loads(run_json.read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status != "completed":
+        print(
+            f"error: run did not complete (status {status!r} in {run_json})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
