@@ -104,12 +104,14 @@ def summarize_run(run_dir: Path) -> dict[str, object]:
 
 
 def run_dirs(experiment_dir: Path) -> list[Path]:
-    """Run sub-directories that finished writing ``rounds.csv``."""
-    return sorted(
-        p
-        for p in Path(experiment_dir).iterdir()
-        if (p / "rounds.csv").is_file() and (p / "run.json").is_file()
-    )
+    """Run sub-directories whose ``run.json`` says the run completed."""
+    found = []
+    for path in sorted(Path(experiment_dir).iterdir()):
+        run_json = path / "run.json"
+        if (path / "rounds.csv").is_file() and run_json.is_file():
+            if json.loads(run_json.read_text()).get("status") == "completed":
+                found.append(path)
+    return found
 
 
 def summarize_experiment(experiment_dir: Path) -> pd.DataFrame:
