@@ -108,9 +108,12 @@ def run_dirs(experiment_dir: Path) -> list[Path]:
     found = []
     for path in sorted(Path(experiment_dir).iterdir()):
         run_json = path / "run.json"
-        if (path / "rounds.csv").is_file() and run_json.is_file():
-            if json.loads(run_json.read_text()).get("status") == "completed":
-                found.append(path)
+        if (
+            (path / "rounds.csv").is_file()
+            and run_json.is_file()
+            and json.loads(run_json.read_text()).get("status") == "completed"
+        ):
+            found.append(path)
     return found
 
 
