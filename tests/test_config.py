@@ -86,6 +86,7 @@ INVALID = [
     ({"clipping-norm": 10.0, "fusion": "fedprox"}, "fusion", "FedAvg"),
     ({"dp-clipping": "local"}, "dp-clipping", "server"),
     ({"feddebug-na-threshold": 1.0}, "feddebug-na-threshold", "[0, 1)"),
+    ({"dataset": "pathmnist", "image-size": 32}, "image-size", "64"),
 ]
 
 

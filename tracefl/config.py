@@ -22,6 +22,7 @@ FUSIONS = ("fedavg", "fedprox")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 DP_CLIPPING_MODES = ("server", "client")
+MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
 class ConfigError(ValueError):
@@ -256,7 +257,7 @@ def _parse_label_flip(text: str) -> dict[int, int]:
 
 def validate(cfg: TraceFLConfig) -> None:
     """Check every value and cross-key constraint; raise :class:`ConfigError`."""
-    from tracefl.registry import dataset_kind, dataset_num_classes
+    from tracefl.registry import dataset_kind, dataset_num_classes, dataset_spec
 
     _one_of("dataset", cfg.dataset, DATASET_NAMES)
     kind = dataset_kind(cfg.dataset)
@@ -381,6 +382,14 @@ def validate(cfg: TraceFLConfig) -> None:
             "provenance-rounds",
             cfg.provenance_rounds,
             f"rounds must be <= num-server-rounds ({cfg.num_server_rounds})",
+        )
+
+    if dataset_spec(cfg.dataset).source == "medmnist":
+        _require(
+            cfg.image_size in MEDMNIST_SIZES,
+            "image-size",
+            cfg.image_size,
+            f"medmnist datasets come in {', '.join(map(str, MEDMNIST_SIZES))} px",
         )
 
     num_classes = dataset_num_classes(cfg.dataset)

@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 from datasets.features.features import Array2DExtensionType, Array3DExtensionType
 
+from tracefl.config import MEDMNIST_SIZES
 from tracefl.dataset import RawSplits
 from tracefl.registry import DatasetSpec
 from tracefl.sources.hub import DataUnavailableError
 
-MEDMNIST_SIZES = (28, 64, 128, 224)
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
