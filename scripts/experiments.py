@@ -28,7 +28,12 @@ from typing import Any
 from tracefl import report
 from tracefl.config import parse_run_config
 from tracefl.flower_local import REPO_ROOT as REPO
-from tracefl.flower_local import LocalSuperLink, interrupt_as_exit, run_status_code
+from tracefl.flower_local import (
+    LocalSuperLink,
+    interrupt_as_exit,
+    parse_assignments,
+    run_status_code,
+)
 
 Runs = list[tuple[str, dict[str, Any]]]
 
@@ -346,7 +351,8 @@ EXPERIMENTS = {
 
 def run_experiment(exp: Experiment, args: argparse.Namespace, exp_dir: Path) -> None:
     """Run every not-yet-completed run of ``exp`` on one private SuperLink."""
-    runs = exp.runs(args)
+    extra = parse_assignments(args.run_config)
+    runs = [(name, {**overrides, **extra}) for name, overrides in exp.runs(args)]
     for _, overrides in runs:  # the whole grid is valid before anything runs
         parse_run_config(overrides)
     with interrupt_as_exit(), LocalSuperLink(simulation=True) as link:
@@ -436,6 +442,14 @@ def main(argv: list[str] | None = None) -> int:
         "one sub-folder per dataset name (e.g. dbpedia_14/, yahoo_answers_topics/)",
     )
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "-c",
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run-config override applied to every run (repeatable)",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "results")
     parser.add_argument("--force", action="store_true", help="re-run finished runs")
     parser.add_argument("--plot-only", action="store_true")
