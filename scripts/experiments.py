@@ -292,7 +292,7 @@ def table1_figures(exp_dir: Path, frame: Any) -> list[Path]:
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("Faulty-client localization (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     ax.grid(axis="y", alpha=0.3)
     paths = report.save_figure(fig, exp_dir / "table1_faulty")
     return paths + report.plot_times(

@@ -189,7 +189,7 @@ def plot_bars(
     ax.set_ylabel("Accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, stem)
 
