@@ -122,6 +122,16 @@ def summarize_experiment(experiment_dir: Path) -> pd.DataFrame:
     experiment_dir = Path(experiment_dir)
     rows = [summarize_run(d) for d in run_dirs(experiment_dir)]
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    order = [
+        "dataset",
+        "model",
+        "num_clients",
+        "alpha",
+        "noise_multiplier",
+        "clipping_norm",
+        "run",
+    ]
+    frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
     write_csv(experiment_dir / "summary.csv", frame.to_dict("records"), SUMMARY_COLUMNS)
     write_text(experiment_dir / "summary.tex", latex_table(frame))
     return frame
