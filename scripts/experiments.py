@@ -409,20 +409,7 @@ def summarize(exp: Experiment, exp_dir: Path, copy_static: bool) -> None:
         for path in paths:
             if path.suffix == ".png":
                 shutil.copy2(path, static / f"{exp.name}_{path.name}")
-    shown = [
-        c
-        for c in (
-            "run",
-            "max_test_accuracy",
-            "paper_accuracy",
-            "paper_random_baseline",
-            "strict_accuracy",
-            "strict_random_baseline",
-            "faulty_accuracy",
-            "feddebug_accuracy",
-        )
-        if frame[c].notna().any()
-    ]
+    shown = [c for c in ("run", *report.ACCURACY_COLUMNS) if frame[c].notna().any()]
     print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"[{exp.name}] summary: {exp_dir / 'summary.csv'}")
 

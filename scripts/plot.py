@@ -15,27 +15,13 @@ from experiments import EXPERIMENTS, summarize
 
 from tracefl.flower_local import REPO_ROOT as REPO
 from tracefl.plotting import plot_run
-from tracefl.report import markdown_table
+from tracefl.report import SETTING_COLUMNS, SUMMARY_COLUMNS, markdown_table
 
+#: Everything but the setting columns (the run name already says them).
 MARKDOWN_COLUMNS = [
-    "run",
-    "max_test_accuracy",
-    "traced_rounds",
-    "inputs_traced",
-    "paper_accuracy",
-    "paper_min_after_round1",
-    "paper_random_baseline",
-    "strict_accuracy",
-    "strict_random_baseline",
-    "strict_top3",
-    "faulty_accuracy",
-    "faulty_min",
-    "faulty_random_baseline",
-    "rounds_without_faulty_inputs",
-    "feddebug_accuracy",
-    "tracefl_seconds_per_round",
-    "feddebug_seconds_per_round",
-    "provenance_share",
+    c
+    for c in SUMMARY_COLUMNS
+    if c not in (*SETTING_COLUMNS, "clients_per_round", "rounds", "faulty_clients")
 ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -99,9 +100,21 @@ def load_raw_splits(
     return sources.load_hub(spec, data_dir, include_answer)
 
 
-def raw_splits(cfg: TraceFLConfig) -> RawSplits:
-    """Raw splits for a config."""
-    return load_raw_splits(
+class RawKey(NamedTuple):
+    """The config values that determine a dataset's raw splits (a cache key)."""
+
+    dataset: str
+    data_dir: str
+    seed: int
+    test_fraction: float
+    download: bool
+    image_size: int
+    include_answer: bool
+
+
+def raw_key(cfg: TraceFLConfig) -> RawKey:
+    """The :class:`RawKey` of a config."""
+    return RawKey(
         cfg.dataset,
         cfg.data_dir,
         cfg.seed,
@@ -110,6 +123,11 @@ def raw_splits(cfg: TraceFLConfig) -> RawSplits:
         cfg.image_size,
         cfg.text_include_answer,
     )
+
+
+def raw_splits(cfg: TraceFLConfig) -> RawSplits:
+    """Raw splits for a config."""
+    return load_raw_splits(*raw_key(cfg))
 
 
 # --------------------------------------------------------------------- partition
@@ -204,13 +222,7 @@ def _pool_partitions(
     otherwise re-partition.
     """
     return _cached_partitions(
-        cfg.dataset,
-        cfg.data_dir,
-        cfg.seed,
-        cfg.server_test_fraction,
-        cfg.download,
-        cfg.image_size,
-        cfg.text_include_answer,
+        raw_key(cfg),
         num_partitions,
         cfg.dirichlet_alpha,
         cfg.min_partition_size,
@@ -220,24 +232,16 @@ def _pool_partitions(
 
 @functools.lru_cache(maxsize=8)
 def _cached_partitions(
-    dataset: str,
-    data_dir: str,
-    seed: int,
-    test_fraction: float,
-    download: bool,
-    image_size: int,
-    include_answer: bool,
+    key: RawKey,
     num_partitions: int,
     alpha: float,
     min_partition_size: int,
     max_size: int,
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    pool = load_raw_splits(
-        dataset, data_dir, seed, test_fraction, download, image_size, include_answer
-    ).train
+    pool = load_raw_splits(*key).train
     labels = np.asarray(pool["label"], dtype=np.int64)
     parts = partition_indices(
-        labels, num_partitions, alpha, seed, min_partition_size, max_size
+        labels, num_partitions, alpha, key.seed, min_partition_size, max_size
     )
     return labels, tuple(parts)
 

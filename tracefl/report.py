@@ -51,6 +51,28 @@ SUMMARY_COLUMNS = (
 )
 
 
+#: Columns that identify a run's setting (also the summary's sort order).
+SETTING_COLUMNS = (
+    "dataset",
+    "model",
+    "num_clients",
+    "alpha",
+    "noise_multiplier",
+    "clipping_norm",
+)
+#: The accuracy columns worth showing in a compact table, with their baselines.
+ACCURACY_COLUMNS = (
+    "max_test_accuracy",
+    "paper_accuracy",
+    "paper_random_baseline",
+    "strict_accuracy",
+    "strict_random_baseline",
+    "faulty_accuracy",
+    "faulty_random_baseline",
+    "feddebug_accuracy",
+)
+
+
 def _mean(frame: pd.DataFrame, column: str) -> float:
     values = pd.to_numeric(frame.get(column, pd.Series(dtype=float)), errors="coerce")
     return float(values.mean()) if values.notna().any() else float("nan")
@@ -122,15 +144,7 @@ def summarize_experiment(experiment_dir: Path) -> pd.DataFrame:
     experiment_dir = Path(experiment_dir)
     rows = [summarize_run(d) for d in run_dirs(experiment_dir)]
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    order = [
-        "dataset",
-        "model",
-        "num_clients",
-        "alpha",
-        "noise_multiplier",
-        "clipping_norm",
-        "run",
-    ]
+    order = [*SETTING_COLUMNS, "run"]
     frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
     write_csv(experiment_dir / "summary.csv", frame.to_dict("records"), SUMMARY_COLUMNS)
     write_text(experiment_dir / "summary.tex", latex_table(frame))
@@ -141,22 +155,7 @@ def latex_table(frame: pd.DataFrame) -> str:
     """A compact LaTeX table (percentages) of the informative columns."""
     columns = [
         c
-        for c in (
-            "dataset",
-            "model",
-            "num_clients",
-            "alpha",
-            "noise_multiplier",
-            "clipping_norm",
-            "max_test_accuracy",
-            "paper_accuracy",
-            "paper_random_baseline",
-            "strict_accuracy",
-            "strict_random_baseline",
-            "faulty_accuracy",
-            "faulty_random_baseline",
-            "feddebug_accuracy",
-        )
+        for c in (*SETTING_COLUMNS, *ACCURACY_COLUMNS)
         if c in frame and frame[c].notna().any()
     ]
     shown = frame[columns].copy()
