@@ -27,7 +27,16 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     for suffix in (".png", ".pdf"):
         path = stem.with_suffix(suffix)
         with atomic_open(path, "wb") as handle:
-            fig.savefig(handle, format=suffix[1:], dpi=150, bbox_inches="tight")
+            # No creation date in the PDF: re-plotting the same CSVs gives the
+            # same bytes, so regenerated figures do not churn in version control.
+            metadata = {"CreationDate": None} if suffix == ".pdf" else None
+            fig.savefig(
+                handle,
+                format=suffix[1:],
+                dpi=150,
+                bbox_inches="tight",
+                metadata=metadata,
+            )
         paths.append(path)
     plt.close(fig)
     return paths
