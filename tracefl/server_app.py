@@ -132,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=initial,
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.round_timeout,
-            train_config=ConfigRecord(),  # clients read their settings from the run config
+            train_config=ConfigRecord(),  # clients read the run config
         )
     except BaseException as err:
         run_info.update(
