@@ -110,14 +110,17 @@ class TraceFLConfig:
         """Whether label-flipping clients are configured."""
         return bool(self.faulty_client_ids)
 
-    def resolved_output_dir(self) -> Path:
+    def resolved_output_dir(self, base: Path | None = None) -> Path:
         """Absolute output directory (``results/<run-name>`` by default).
 
-        The ServerApp runs in the SuperLink's working directory, so a relative
-        path is resolved against it and logged; scripts always pass an absolute one.
+        A relative path is resolved against ``base`` (default: the current
+        directory, which for the ServerApp is the SuperLink's working
+        directory - so it is logged; scripts always pass an absolute one).
         """
-        raw = self.output_dir or str(Path("results") / self.run_name)
-        return Path(raw).expanduser().resolve()
+        path = Path(self.output_dir or Path("results") / self.run_name).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        return path.resolve()
 
     def provenance_round_set(self) -> set[int] | None:
         """Rounds to trace, or ``None`` for every round."""

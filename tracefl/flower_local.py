@@ -204,16 +204,6 @@ class LocalSuperLink:
         """``host:port`` of the SuperLink (Fleet, Control and Runtime APIs)."""
         return f"127.0.0.1:{self.http_port}"
 
-    @property
-    def control_port(self) -> int:
-        """Control API port (the shared HTTP port in flwr 1.41)."""
-        return self.http_port
-
-    @property
-    def fleet_port(self) -> int:
-        """Fleet API port (the shared HTTP port in flwr 1.41)."""
-        return self.http_port
-
     # ---------------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 60.0) -> None:
@@ -438,7 +428,11 @@ class LocalSuperLink:
         timeout: float | None = None,
         stdout: IO[str] | None = None,
     ) -> int:
-        """Run the app with ``flwr run --stream`` and return its exit code.
+        """Run the app with ``flwr run --stream``; return 0 only if it completed.
+
+        The exit code of ``flwr run`` is non-zero on CLI errors only; a run whose
+        ServerApp raised is caught through its ``run.json`` status
+        (:func:`run_status_code`).
 
         Raises
         ------
@@ -455,11 +449,12 @@ class LocalSuperLink:
             stdout=stdout,
         )
         try:
-            return proc.wait(timeout=timeout)
+            rc = proc.wait(timeout=timeout)
         finally:
             stop_process(proc)
             with contextlib.suppress(ValueError):
                 self.processes.remove(proc)
+        return rc or run_status_code(run_config, self.workdir)
 
     # ------------------------------------------------------------------ helpers
 
@@ -514,7 +509,7 @@ def run_deployment(
     Returns
     -------
     int
-        The exit code of ``flwr run --stream`` (0 when the run completed).
+        0 when the run completed (see :meth:`LocalSuperLink.run_app`).
 
     """
     config = dict(run_config)
@@ -626,26 +621,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         num_nodes = args.num_supernodes or int(run_config.get("num-clients", 10))
         with LocalSuperLink(simulation=True, log_dir=args.log_dir) as link:
-            rc = link.run_app(
+            return link.run_app(
                 run_config,
                 num_supernodes=num_nodes,
                 client_cpus=args.client_cpus,
                 timeout=args.timeout,
             )
-        return rc or run_status_code(run_config)
 
 
 def run_status_code(run_config: Mapping[str, Any], workdir: Path = REPO_ROOT) -> int:
-    """1 unless the run's ``run.json`` says it completed, else 0.
+    """0 if the run's ``run.json`` says it completed, else 1.
 
     ``flwr run --stream`` exits 0 even when the ServerApp raised, so the
-    ServerApp's own record is the reliable verdict.
+    ServerApp's own record is the reliable verdict. ``workdir`` is the
+    SuperLink's working directory, against which relative paths resolve.
     """
-    out = Path(str(run_config.get("output-dir") or ""))
-    if not str(out) or str(out) == ".":
-        out = Path("results") / str(run_config.get("run-name", "default"))
-    run_json = out if out.is_absolute() else workdir / out
-    run_json = run_json / "run.json"
+    try:
+        out_dir = parse_run_config(run_config).resolved_output_dir(workdir)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    run_json = out_dir / "run.json"
     try:
         status = json.loads(run_json.read_text()).get("status")
     except (OSError, ValueError):
