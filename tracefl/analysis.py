@@ -28,7 +28,8 @@ from tracefl import localization as loc
 from tracefl.config import TraceFLConfig
 from tracefl.dataset import LabeledTensors
 from tracefl.feddebug import feddebug_applicable, localize_faulty_clients
-from tracefl.provenance import NeuronProvenance
+from tracefl.provenance import NeuronProvenance, ProvenanceInputError
+from tracefl.provenance.validation import check_finite_state
 from tracefl.registry import dataset_num_classes
 from tracefl.results_io import write_csv
 from tracefl.strategy import ClientRecord
@@ -203,11 +204,13 @@ class RoundAnalyzer:
         if cfg.faulty_mode and not faulty_ids:
             out["status"] = "no-faulty-participant"
             return out
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
+        try:
+            check_finite_state(model.state_dict(), "global model")
+        except ProvenanceInputError as err:
             # Training diverged (e.g. under heavy DP noise): there is nothing to
             # attribute. Record it and let the federation go on.
             out["status"] = "global-model-not-finite"
-            log.warning("Round %d: global model has NaN/Inf; not traced.", server_round)
+            log.warning("Round %d: %s; not traced.", server_round, err)
             return out
 
         log.info(
@@ -217,9 +220,10 @@ class RoundAnalyzer:
             len(records),
         )
         start = time.perf_counter()
+        client_states = [r.arrays.to_torch_state_dict() for r in records]
         engine = NeuronProvenance(
             model,
-            [r.arrays.to_torch_state_dict() for r in records],
+            client_states,
             [r.num_examples for r in records],
             [r.client_id for r in records],
             decay=cfg.beta_decay,
@@ -276,11 +280,15 @@ class RoundAnalyzer:
             out["faulty_random_baseline"] = round(
                 loc.faulty_random_baseline(len(faulty_ids), len(records)), 6
             )
-            out.update(self._feddebug(model, records, faulty_ids))
+            out.update(self._feddebug(model, records, client_states, faulty_ids))
         return out
 
     def _feddebug(
-        self, model: nn.Module, records: list[ClientRecord], faulty_ids: list[int]
+        self,
+        model: nn.Module,
+        records: list[ClientRecord],
+        client_states: list[dict[str, torch.Tensor]],
+        faulty_ids: list[int],
     ) -> dict[str, Any]:
         """Run FedDebug on the same round (image models only, else ``n/a``)."""
         cfg = self.cfg
@@ -289,9 +297,9 @@ class RoundAnalyzer:
         if len(records) < 2 or len(faulty_ids) >= len(records):
             return {"feddebug_accuracy": "n/a", "feddebug_suspects": "n/a"}
         models = []
-        for rec in records:
+        for state in client_states:
             client_model = self.model_factory()
-            client_model.load_state_dict(rec.arrays.to_torch_state_dict())
+            client_model.load_state_dict(state)
             models.append(client_model)
         input_shape = tuple(self.test_data.select_features(0).shape)
         result = localize_faulty_clients(
