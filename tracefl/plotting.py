@@ -42,7 +42,8 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
+def numeric_column(frame: pd.DataFrame, column: str) -> pd.Series:
+    """``frame[column]`` as floats ("n/a" and blanks become NaN; all NaN if absent)."""
     if column not in frame:
         return pd.Series(np.nan, index=frame.index)
     return pd.to_numeric(frame[column], errors="coerce")
@@ -53,9 +54,12 @@ def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Pat
     fig, ax = plt.subplots(figsize=(6, 3.6))
     r = rounds["round"]
     ax.plot(
-        r, 100 * _numeric(rounds, "test_accuracy"), "k-o", label="Global model acc."
+        r,
+        100 * numeric_column(rounds, "test_accuracy"),
+        "k-o",
+        label="Global model acc.",
     )
-    faulty = _numeric(rounds, "faulty_accuracy").notna().any()
+    faulty = numeric_column(rounds, "faulty_accuracy").notna().any()
     series = (
         [
             ("faulty_accuracy", "TraceFL faulty-client loc.", "C0", "-s"),
@@ -71,7 +75,7 @@ def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Pat
         ]
     )
     for column, label, color, style in series:
-        values = _numeric(rounds, column)
+        values = numeric_column(rounds, column)
         if values.notna().any():
             ax.plot(r, 100 * values, style, color=color, label=label)
     ax.set_xlabel("Round")

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from tracefl.plotting import save_figure
+from tracefl.plotting import numeric_column, save_figure
 from tracefl.results_io import write_csv, write_text
 
 SUMMARY_COLUMNS = (
@@ -74,7 +74,7 @@ ACCURACY_COLUMNS = (
 
 
 def _mean(frame: pd.DataFrame, column: str) -> float:
-    values = pd.to_numeric(frame.get(column, pd.Series(dtype=float)), errors="coerce")
+    values = numeric_column(frame, column)
     return float(values.mean()) if values.notna().any() else float("nan")
 
 
@@ -84,8 +84,8 @@ def summarize_run(run_dir: Path) -> dict[str, object]:
     rounds = pd.read_csv(run_dir / "rounds.csv")
     traced = rounds[rounds["status"] == "traced"]
     after_first = traced[traced["round"] > 1]
-    paper_after = pd.to_numeric(after_first["paper_accuracy"], errors="coerce")
-    faulty = pd.to_numeric(traced.get("faulty_accuracy"), errors="coerce")
+    paper_after = numeric_column(after_first, "paper_accuracy")
+    faulty = numeric_column(traced, "faulty_accuracy")
     return {
         "run": run_dir.name,
         "dataset": cfg["dataset"],
@@ -161,7 +161,7 @@ def latex_table(frame: pd.DataFrame) -> str:
     shown = frame[columns].copy()
     for c in columns:
         if c.endswith(("accuracy", "baseline")):
-            shown[c] = (100 * pd.to_numeric(shown[c], errors="coerce")).round(1)
+            shown[c] = (100 * numeric_column(shown, c)).round(1)
     header = " & ".join(c.replace("_", " ") for c in columns)
     lines = [
         "\\begin{tabular}{" + "l" * len(columns) + "}",
@@ -192,7 +192,7 @@ def plot_bars(
     width = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(labels) + 2), 3.6))
     for i, (column, name) in enumerate(metrics):
-        values = 100 * pd.to_numeric(frame[column], errors="coerce").fillna(0)
+        values = 100 * numeric_column(frame, column).fillna(0)
         ax.bar(x + (i - len(metrics) / 2 + 0.5) * width, values, width, label=name)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("Accuracy (%)")
@@ -217,9 +217,7 @@ def plot_lines(
         ("paper_random_baseline", "Random (paper metric)", "C0:"),
         ("strict_random_baseline", "Random (strict metric)", "C1:"),
     ):
-        ax.plot(
-            x, 100 * pd.to_numeric(frame[column], errors="coerce"), style, label=name
-        )
+        ax.plot(x, 100 * numeric_column(frame, column), style, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("Accuracy (%)")
     ax.set_ylim(-2, 102)
@@ -244,7 +242,7 @@ def plot_round_curves(
         cfg = json.loads((run_dir / "run.json").read_text())["config"]
         ax.plot(
             rounds["round"],
-            100 * pd.to_numeric(rounds[column], errors="coerce"),
+            100 * numeric_column(rounds, column),
             "-o",
             label=f"{label_column}={cfg[label_column]}",
         )
@@ -267,7 +265,7 @@ def plot_times(
     ax.bar(x - 0.2, frame["tracefl_seconds_per_round"], 0.4, label="TraceFL")
     ax.bar(
         x + 0.2,
-        pd.to_numeric(frame["feddebug_seconds_per_round"], errors="coerce").fillna(0),
+        numeric_column(frame, "feddebug_seconds_per_round").fillna(0),
         0.4,
         label="FedDebug",
     )
