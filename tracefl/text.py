@@ -30,10 +30,17 @@ Every model returns a Hugging Face output with ``.logits`` (B, num_classes) for
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+T = TypeVar("T")
 
 MINILM = "minilm"
 GPT2_TINY = "gpt2-tiny"
@@ -90,17 +97,25 @@ def _offline_message(name: str, err: BaseException | None = None) -> str:
     )
 
 
-def _hub_kwargs(name: str) -> dict[str, bool]:
-    """``local_files_only=True`` for local folders and when the Hub is unreachable."""
+def _from_pretrained(loader: Callable[..., T], name: str, **kwargs: Any) -> T:
+    """Call a ``from_pretrained`` loader; offline, fail with a clear message.
+
+    Local folders and an unreachable Hub load with ``local_files_only=True``
+    (the local cache); a miss then raises :class:`ModelUnavailableError`.
+    """
     from tracefl.sources.hub import hub_reachable
 
-    if Path(name).expanduser().is_dir():
-        return {"local_files_only": True}
-    return {"local_files_only": not hub_reachable()}
+    local_only = Path(name).expanduser().is_dir() or not hub_reachable()
+    try:
+        return loader(name, local_files_only=local_only, **kwargs)
+    except OSError as err:
+        if local_only:
+            raise ModelUnavailableError(_offline_message(name, err)) from err
+        raise
 
 
 @functools.lru_cache(maxsize=8)
-def get_tokenizer(model_name: str):  # noqa: ANN201 - a transformers tokenizer
+def get_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
     """Return the tokenizer of ``model_name`` (cached per process).
 
     ``minilm`` and ``gpt2-tiny`` share the bundled MiniLM WordPiece tokenizer.
@@ -121,13 +136,7 @@ def get_tokenizer(model_name: str):  # noqa: ANN201 - a transformers tokenizer
             f"Unknown text model '{model_name}': use {', '.join(OFFLINE_TEXT_MODELS)} "
             "or a Hub checkpoint name 'org/name'."
         )
-    kwargs = _hub_kwargs(model_name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
-    except OSError as err:
-        if kwargs["local_files_only"]:
-            raise ModelUnavailableError(_offline_message(model_name, err)) from err
-        raise
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model_name)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -233,15 +242,11 @@ def build_text_model(name: str, num_classes: int, max_seq_len: int = 128) -> nn.
             str(minilm_dir()), num_labels=num_classes, local_files_only=True
         )
     tokenizer = get_tokenizer(name)  # fails fast and clearly when offline
-    kwargs = _hub_kwargs(name)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name, num_labels=num_classes, **kwargs
-        )
-    except OSError as err:
-        if kwargs["local_files_only"]:
-            raise ModelUnavailableError(_offline_message(name, err)) from err
-        raise
+    model = _from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained,
+        name,
+        num_labels=num_classes,
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
