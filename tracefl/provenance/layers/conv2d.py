@@ -115,8 +115,7 @@ class Conv2dTracer(LayerTracer):
         if module.groups == 1:
             return self._patches(module, z, c, params, workspace, pad)
         out, temp = self._grouped(module, z, c, params, workspace, pad)
-        if params.bias is not None:
-            k, c_out = params.bias.shape
+        if params.bias is not None:  # (K, C_out)
             out = out + c.sum((2, 3)) @ params.bias.T
         return out, temp
 
