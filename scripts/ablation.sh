@@ -5,4 +5,5 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/setup.sh"
-exec python "$REPO/scripts/experiments.py" ablation "$@"
+cd "$REPO"
+exec python -m tooling.experiments ablation "$@"

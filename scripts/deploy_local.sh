@@ -19,4 +19,4 @@ if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then N="$1"; shift; fi
 ARGS=(--deployment "$N" -c "output-dir='$REPO/results/deploy-$N'")
 [[ -n "${TRACEFL_DEPLOY_LOGS:-}" ]] && ARGS+=(--log-dir "$TRACEFL_DEPLOY_LOGS")
 for kv in "$@"; do ARGS+=(-c "$kv"); done
-exec python -m tracefl.flower_local "${ARGS[@]}"
+exec python -m tooling.flower_local "${ARGS[@]}"

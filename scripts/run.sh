@@ -9,4 +9,4 @@ source "$REPO/scripts/setup.sh"
 cd "$REPO"
 ARGS=(-c "output-dir='$REPO/results/default'")
 for kv in "$@"; do ARGS+=(-c "$kv"); done
-exec python -m tracefl.flower_local "${ARGS[@]}"
+exec python -m tooling.flower_local "${ARGS[@]}"

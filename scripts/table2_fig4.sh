@@ -6,4 +6,5 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/setup.sh"
-exec python "$REPO/scripts/experiments.py" dp "$@"
+cd "$REPO"
+exec python -m tooling.experiments dp "$@"

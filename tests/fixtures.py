@@ -324,7 +324,7 @@ def run_simulation(
     tuple of (int, str)
         The ``flwr run`` exit code and the run's combined log text.
     """
-    from tracefl.flower_local import LocalSuperLink
+    from tooling.flower_local import LocalSuperLink
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

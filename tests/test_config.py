@@ -108,10 +108,11 @@ def test_cli_rejects_bad_config_before_starting_anything() -> None:
 
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "tracefl.flower_local", "-c", "dirichlet-alpha=-1"],
+        [sys.executable, "-m", "tooling.flower_local", "-c", "dirichlet-alpha=-1"],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     assert proc.returncode == 2
     assert "'dirichlet-alpha' = -1.0" in proc.stderr

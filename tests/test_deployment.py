@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tracefl.flower_local import LocalSuperLink, pid_alive
+from tooling.flower_local import LocalSuperLink, pid_alive
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tooling.flower_local import LocalSuperLink
 from tracefl.analysis import ROUND_COLUMNS, TIMING_COLUMNS, input_columns
-from tracefl.flower_local import LocalSuperLink
 
 pytestmark = pytest.mark.e2e
 

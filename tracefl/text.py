@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from tracefl.hub_access import hub_reachable
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -103,8 +105,6 @@ def _from_pretrained(loader: Callable[..., T], name: str, **kwargs: Any) -> T:
     Local folders and an unreachable Hub load with ``local_files_only=True``
     (the local cache); a miss then raises :class:`ModelUnavailableError`.
     """
-    from tracefl.sources.hub import hub_reachable
-
     local_only = Path(name).expanduser().is_dir() or not hub_reachable()
     try:
         return loader(name, local_files_only=local_only, **kwargs)

@@ -9,27 +9,21 @@ unreachable the error says so at once and names the offline alternatives.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from pathlib import Path
 
 import datasets
 
-from tracefl.dataset import RawSplits
+from tracefl.hub_access import hub_reachable
 from tracefl.registry import DatasetSpec
+from tracefl.sources.raw import DataUnavailableError, RawSplits
 
-HUB_HOST = "huggingface.co"
 _SUFFIX_BUILDERS = {
     ".parquet": "parquet",
     ".csv": "csv",
     ".json": "json",
     ".jsonl": "json",
 }
-
-
-class DataUnavailableError(RuntimeError):
-    """The dataset's files cannot be found or fetched; the message says how to fix."""
 
 
 def load_hub(
@@ -88,19 +82,6 @@ def _load_local_mirror(spec: DatasetSpec, folder: Path) -> datasets.DatasetDict:
         builder, files = _split_files(folder, split)
         out[split] = datasets.load_dataset(builder, data_files=files, split="train")
     return datasets.DatasetDict(out)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub can be used: not forced offline and its host answers."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    if os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _offline_hint(spec: DatasetSpec) -> str:

@@ -25,9 +25,8 @@ import pyarrow as pa
 from datasets.features.features import Array2DExtensionType, Array3DExtensionType
 
 from tracefl.config import MEDMNIST_SIZES
-from tracefl.dataset import RawSplits
 from tracefl.registry import DatasetSpec
-from tracefl.sources.hub import DataUnavailableError
+from tracefl.sources.raw import DataUnavailableError, RawSplits
 
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 

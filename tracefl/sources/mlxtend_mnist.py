@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 
-from tracefl.dataset import RawSplits
+from tracefl.sources.raw import RawSplits
 
 
 def stratified_split(

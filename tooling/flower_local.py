@@ -22,8 +22,8 @@ stops any tagged process that escaped the process groups, by PID.
 Command line (used by ``run.sh``, ``deploy_local.sh`` and the experiment
 scripts)::
 
-    python -m tracefl.flower_local --num-supernodes 10 -c num-server-rounds=3
-    python -m tracefl.flower_local --deployment 3 -c num-server-rounds=2
+    python -m tooling.flower_local --num-supernodes 10 -c num-server-rounds=3
+    python -m tooling.flower_local --deployment 3 -c num-server-rounds=2
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each experiment is a list of runs (run-config overrides). Runs go through the
 real Flower simulation engine on a private local SuperLink
-(:mod:`tracefl.flower_local`), write ``results/<experiment>/<run>/`` and are
+(:mod:`tooling.flower_local`), write ``results/<experiment>/<run>/`` and are
 summarised into ``summary.csv``/``summary.tex`` plus figures; the figures quoted
 in the README are copied to ``_static/``.
 
@@ -10,8 +10,8 @@ Reduced scale (default) runs offline on a 2-CPU machine with MNIST-5k; ``--scale
 paper`` uses the paper's settings (full datasets from the Hub or ``--data-dir``,
 more rounds and clients) and needs a bigger machine.
 
-    python scripts/experiments.py fig3            # run, then summarise
-    python scripts/experiments.py fig3 --plot-only
+    python -m tooling.experiments fig3            # run, then summarise
+    python -m tooling.experiments fig3 --plot-only
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracefl import report
-from tracefl.config import parse_run_config
-from tracefl.flower_local import REPO_ROOT as REPO
-from tracefl.flower_local import (
+from tooling.flower_local import REPO_ROOT as REPO
+from tooling.flower_local import (
     LocalSuperLink,
     interrupt_as_exit,
     parse_assignments,
 )
+from tracefl import report
+from tracefl.config import parse_run_config
 
 Runs = list[tuple[str, dict[str, Any]]]
 
@@ -230,6 +230,7 @@ def ablation_runs(args: argparse.Namespace) -> Runs:
 
 
 def fig2_figures(exp_dir: Path, frame: Any) -> list[Path]:
+    """Figures of the fig2 experiment."""
     labels = frame.assign(label=frame["dataset"] + "\n" + frame["model"])
     return report.plot_bars(
         labels,
@@ -240,6 +241,7 @@ def fig2_figures(exp_dir: Path, frame: Any) -> list[Path]:
 
 
 def fig3_figures(exp_dir: Path, frame: Any) -> list[Path]:
+    """Figures of the fig3 experiment."""
     return report.plot_lines(
         frame,
         "alpha",
@@ -250,6 +252,7 @@ def fig3_figures(exp_dir: Path, frame: Any) -> list[Path]:
 
 
 def table3_figures(exp_dir: Path, frame: Any) -> list[Path]:
+    """Figures of the table3 experiment."""
     paths = report.plot_bars(
         frame,
         "num_clients",
@@ -267,6 +270,7 @@ def table3_figures(exp_dir: Path, frame: Any) -> list[Path]:
 
 
 def table1_figures(exp_dir: Path, frame: Any) -> list[Path]:
+    """Figures of the table1 experiment."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -301,6 +305,7 @@ def table1_figures(exp_dir: Path, frame: Any) -> list[Path]:
 
 
 def dp_figures(exp_dir: Path, frame: Any) -> list[Path]:
+    """Figures of the dp experiment."""
     paths = report.plot_round_curves(
         exp_dir,
         "test_accuracy",
@@ -324,6 +329,7 @@ def dp_figures(exp_dir: Path, frame: Any) -> list[Path]:
 
 
 def ablation_figures(exp_dir: Path, frame: Any) -> list[Path]:
+    """Figures of the ablation experiment."""
     return report.plot_bars(
         frame, "run", exp_dir / "ablation", "Ablation: data share p_k and decay beta"
     )

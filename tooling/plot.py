@@ -1,7 +1,7 @@
 """Rebuild every figure and summary table from existing CSVs (no training).
 
-python scripts/plot.py                 # every experiment under results/
-python scripts/plot.py results/default # one run directory
+python -m tooling.plot                 # every experiment under results/
+python -m tooling.plot results/default # one run directory
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from experiments import EXPERIMENTS, summarize
 
-from tracefl.flower_local import REPO_ROOT as REPO
+from tooling.experiments import EXPERIMENTS, summarize
+from tooling.flower_local import REPO_ROOT as REPO
 from tracefl.plotting import plot_run
 from tracefl.report import SETTING_COLUMNS, SUMMARY_COLUMNS, markdown_table
 
