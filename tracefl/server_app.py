@@ -1,32 +1,50 @@
-"""TraceFL ServerApp: FedAvg training with provenance after every aggregation.
+"""TraceFL ServerApp: any Flower strategy, with provenance after every aggregation.
 
-Thin plumbing: parse the run config (fails before any training), load the
-server's test split, build the initial model, wire :class:`RoundAnalyzer` as the
-strategy's post-aggregation hook (inside Flower's DP wrapper when DP is on), run
-the rounds, then write ``run.json`` and the plots.
+Thin plumbing. From its first line to its last, the run's ``run.json`` tells
+the truth: ``running`` (with pid and heartbeat) while it runs, ``completed``
+only when every configured round produced a recorded aggregate (and the plots,
+if asked for, were drawn), otherwise ``failed`` with the reason and the last
+error, or ``interrupted``. The steps: parse the run config (fails before any
+training), make sure the output directory holds no other run's results, load
+the server's test split, build the initial model and the strategy (the
+aggregator, Flower's DP wrapper when DP is on, and :class:`ProvenanceStrategy`
+around both), run the rounds, keep Flower's ``Result``, plot, finish.
 """
 
 from __future__ import annotations
 
 import logging
-import platform
 import sys
+import time
 from datetime import UTC, datetime
-from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Result,
+    Strategy,
+)
 
-from tracefl.analysis import RoundAnalyzer
-from tracefl.config import TraceFLConfig, parse_run_config
+from tracefl.analysis import Recorder, RoundAnalyzer
+from tracefl.config import (
+    ConfigError,
+    TraceFLConfig,
+    check_faulty_clients,
+    parse_run_config,
+)
+from tracefl.data_check import check_data_inputs
 from tracefl.dataset import load_server_test
 from tracefl.model import build_model
-from tracefl.registry import run_dataset_spec
-from tracefl.results_io import write_json
-from tracefl.strategy import ClientSideDPWithHook, ServerSideDPWithHook, TraceFLFedAvg
+from tracefl.output_dir import prepare_output_dir
+from tracefl.registry import dataset_num_classes, run_dataset_spec
+from tracefl.run_info import RunInfo, package_versions
+from tracefl.strategy import FedAvgShares, ProvenanceStrategy, ShareDecomposer
 from tracefl.train import resolve_device
 
 log = logging.getLogger("tracefl")
@@ -44,55 +62,74 @@ def setup_logging() -> None:
         log.propagate = False
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that determine a run's numbers."""
-    names = (
-        "tracefl",
-        "flwr",
-        "flwr-datasets",
-        "torch",
-        "torchvision",
-        "transformers",
-        "datasets",
-        "numpy",
-    )
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def num_sampled_clients(cfg: TraceFLConfig) -> int:
-    """Clients FedAvg samples per round (Flower's rule, capped by the federation)."""
+def num_sampled_clients(cfg: TraceFLConfig, federation_size: int) -> int:
+    """Clients the strategy samples per round (Flower's rule, capped)."""
     return min(
-        max(int(cfg.num_clients * cfg.fraction_train), cfg.min_train_nodes),
-        cfg.num_clients,
+        max(int(federation_size * cfg.fraction_train), cfg.min_train_nodes),
+        federation_size,
     )
 
 
-def build_strategy(cfg: TraceFLConfig, hook: RoundAnalyzer) -> Strategy:
-    """FedAvg with the hook, wrapped in Flower's fixed-clipping DP when enabled."""
-    fedavg_args: dict[str, Any] = {
+def federation_size(cfg: TraceFLConfig, grid: Grid, timeout: float = 600.0) -> int:
+    """``num-clients``, or the number of SuperNodes once enough are connected.
+
+    With ``num-clients = 0`` the federation is whatever SuperNodes run the app
+    (each names its partition and the partition count in its node config).
+    """
+    if cfg.num_clients:
+        return cfg.num_clients
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < max(
+        cfg.min_available_nodes, 1
+    ):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {connected} SuperNodes connected after {timeout:.0f}s; "
+                f"min-available-nodes = {cfg.min_available_nodes}"
+            )
+        log.info("Waiting for SuperNodes: %d connected.", connected)
+        time.sleep(1.0)
+    return connected
+
+
+def build_strategy(
+    cfg: TraceFLConfig,
+    on_round: RoundAnalyzer,
+    num_classes: int,
+    size: int,
+) -> ProvenanceStrategy:
+    """The aggregator's strategy, Flower's DP wrapper if enabled, provenance around."""
+    common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": cfg.min_train_nodes,
         "min_evaluate_nodes": cfg.min_evaluate_nodes,
         "min_available_nodes": cfg.min_available_nodes,
     }
-    if not cfg.dp_enabled:
-        return TraceFLFedAvg(on_round_end=hook, **fedavg_args)
-    wrapper = (
-        ServerSideDPWithHook if cfg.dp_clipping == "server" else ClientSideDPWithHook
-    )
-    return wrapper(
-        TraceFLFedAvg(**fedavg_args),
-        hook,
-        noise_multiplier=cfg.noise_multiplier,
-        clipping_norm=cfg.clipping_norm,
-        num_sampled_clients=num_sampled_clients(cfg),
+    inner: Strategy = FedAvg(**common)
+    aggregator: ShareDecomposer = FedAvgShares(cfg.fusion)
+    outer: Strategy = inner
+    if cfg.dp_enabled:
+        wrapper = (
+            DifferentialPrivacyServerSideFixedClipping
+            if cfg.dp_clipping == "server"
+            else DifferentialPrivacyClientSideFixedClipping
+        )
+        outer = wrapper(
+            inner,
+            cfg.noise_multiplier,
+            cfg.clipping_norm,
+            num_sampled_clients(cfg, size),
+        )
+    return ProvenanceStrategy(
+        outer,
+        inner=inner,
+        aggregator=aggregator,
+        num_classes=num_classes,
+        min_train_nodes=max(cfg.min_train_nodes, 1),
+        on_round=on_round,
+        expected_partitions=cfg.num_clients or None,
+        noise_expected=cfg.dp_enabled and cfg.noise_multiplier > 0,
     )
 
 
@@ -100,21 +137,52 @@ def build_strategy(cfg: TraceFLConfig, hook: RoundAnalyzer) -> Strategy:
 def main(grid: Grid, context: Context) -> None:
     """Run the federation and TraceFL's per-round analysis."""
     setup_logging()
-    cfg = parse_run_config(context.run_config)
-    out_dir = cfg.resolved_output_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("Writing results to %s", out_dir)
     started = datetime.now(UTC).isoformat()
-    run_info: dict[str, Any] = {
-        "config": cfg.to_run_config(),
-        "seed": cfg.seed,
-        "versions": package_versions(),
-        "started": started,
-        "status": "running",
-        "output_dir": str(out_dir),
-    }
-    write_json(out_dir / "run.json", run_info)
+    try:
+        cfg = parse_run_config(context.run_config)
+    except ConfigError as err:
+        RunInfo.record_refusal(context.run_config, started, err)
+        raise
+    out_dir = cfg.resolved_output_dir()
+    prepare_output_dir(out_dir, cfg.overwrite)  # never touches another run's files
+    log.info("Writing results to %s", out_dir)
+    info = RunInfo.start(
+        out_dir / "run.json",
+        {
+            "config": cfg.to_run_config(),
+            "seed": cfg.seed,
+            "versions": package_versions(),
+            "started": started,
+            "output_dir": str(out_dir),
+            "flower_run_id": int(context.run_id),
+        },
+    )
+    try:
+        recorder, result = _run(cfg, grid, out_dir, info)
+        status, reason = verdict(cfg, recorder)
+        if cfg.plots:
+            status, reason = _plot(out_dir, status, reason)
+        info.finish(
+            status,
+            reason=reason,
+            rounds_recorded=len(recorder.round_rows),
+            rounds_by_status=recorder.rounds_by_status,
+            flower_result=result_summary(result),
+        )
+    except (KeyboardInterrupt, SystemExit) as err:
+        info.finish("interrupted", reason=type(err).__name__, error=err)
+        raise
+    except BaseException as err:
+        info.finish("failed", reason=f"{type(err).__name__}: {err}", error=err)
+        raise
+    log.info("Done (%s). Results in %s", status, out_dir)
 
+
+def _run(
+    cfg: TraceFLConfig, grid: Grid, out_dir: Path, info: RunInfo
+) -> tuple[Recorder, Result]:
+    for line in check_data_inputs(cfg):
+        log.info("Data: %s", line)
     spec = run_dataset_spec(cfg.dataset, cfg.image_size)
     device = resolve_device(cfg.device)
     test_data = load_server_test(cfg)
@@ -123,31 +191,63 @@ def main(grid: Grid, context: Context) -> None:
         return build_model(cfg.model, spec, max_seq_len=cfg.max_seq_len)
 
     torch.manual_seed(cfg.seed)
-    initial = ArrayRecord(model_factory().state_dict())
-    analyzer = RoundAnalyzer(cfg, test_data, model_factory, device)
-    strategy = build_strategy(cfg, analyzer)
-    try:
-        strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=cfg.num_server_rounds,
-            timeout=cfg.round_timeout,
-            train_config=ConfigRecord(),  # clients read the run config
-        )
-    except BaseException as err:
-        run_info.update(
-            status="failed", error=repr(err), finished=datetime.now(UTC).isoformat()
-        )
-        write_json(out_dir / "run.json", run_info)
-        raise
-    run_info.update(
-        status="completed",
-        finished=datetime.now(UTC).isoformat(),
-        rounds_recorded=len(analyzer.round_rows),
+    initial = ArrayRecord(
+        build_model(
+            cfg.model, spec, max_seq_len=cfg.max_seq_len, pretrained=cfg.pretrained
+        ).state_dict()
     )
-    write_json(out_dir / "run.json", run_info)
-    if cfg.plots:
-        from tracefl.plotting import plot_run
+    size = federation_size(cfg, grid)
+    if cfg.faulty_client_ids:
+        check_faulty_clients(cfg, size)
+    info.update(federation={"num_partitions": size})
+    num_classes = dataset_num_classes(cfg.dataset)
+    recorder = Recorder(out_dir, num_classes)
+    analyzer = RoundAnalyzer(cfg, test_data, model_factory, device, recorder)
+    strategy = build_strategy(cfg, analyzer, num_classes, size)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=cfg.num_server_rounds,
+        timeout=cfg.round_timeout,
+        train_config=ConfigRecord(),  # clients read the run config
+    )
+    return recorder, result
 
+
+def verdict(cfg: TraceFLConfig, recorder: Recorder) -> tuple[str, str]:
+    """``completed`` iff every configured round produced a recorded aggregate."""
+    rows = recorder.round_rows
+    failed = [r for r in rows if r["status"] == "failed"]
+    if len(rows) != cfg.num_server_rounds:
+        return "failed", (
+            f"{len(rows)} of {cfg.num_server_rounds} rounds were recorded"
+        )
+    if failed:
+        detail = "; ".join(f"round {r['round']}: {r['failure']}" for r in failed[:3])
+        return "failed", f"{len(failed)} of {len(rows)} rounds failed ({detail})"
+    return "completed", ""
+
+
+def _plot(out_dir: Path, status: str, reason: str) -> tuple[str, str]:
+    """Draw the run's figures; a plotting failure fails the run."""
+    from tracefl.plotting import plot_run
+
+    try:
         plot_run(out_dir)
-    log.info("Done. Results in %s", out_dir)
+    except Exception as err:  # any failure to draw must be visible in the status
+        log.error("Plotting failed: %s", err)
+        note = f"plotting failed: {type(err).__name__}: {err}"
+        return "failed", f"{reason}; {note}" if reason else note
+    return status, reason
+
+
+def result_summary(result: Result) -> dict[str, Any]:
+    """Flower's ``Result`` metrics, by round, as plain JSON values."""
+    return {
+        name: {str(rnd): dict(record) for rnd, record in getattr(result, name).items()}
+        for name in (
+            "train_metrics_clientapp",
+            "evaluate_metrics_clientapp",
+            "evaluate_metrics_serverapp",
+        )
+    }

@@ -1,154 +1,393 @@
-"""FedAvg that keeps the current round's client models for provenance.
+"""Provenance around any Flower strategy: validate, fuse, decompose, hand over.
 
-:class:`TraceFLFedAvg` aggregates exactly as Flower's ``FedAvg`` and, for the
-current round only, keeps each replying client's model, ``num-examples``,
-partition id and label counts (:class:`ClientRecord`). Memory is bounded to one
-round: the records are replaced at every aggregation.
+:class:`ProvenanceStrategy` wraps the strategy Flower drives (any Message-API
+strategy, or one of Flower's DP wrappers around it) without subclassing it.
+Every training round it
+
+1. remembers the global arrays it sends (``theta_{t-1}``) and which nodes were
+   sampled;
+2. checks every reply against the schema and the global model
+   (:func:`tracefl.reply.read_train_reply`): error replies, rejected replies
+   (with the reason) and nodes that never answered are recorded, and only the
+   accepted replies reach the strategy;
+3. lets the wrapped strategy aggregate (DP clipping and noise included);
+4. writes the result as ``theta_t = sum_k A_k * theta_k + r``
+   (:class:`~tracefl.attribution.FusedRound`) with the aggregator's shares,
+   from the replies *as fused* (after clipping) and the aggregate *as produced*
+   (after noise): whatever the aggregator's formula does not explain (DP
+   noise, float rounding) is added to the residual and measured;
+5. calls the round hook with a :class:`RoundOutcome`, also for rounds that
+   produced no aggregate.
+
+Memory is bounded to one round: nothing of earlier rounds is kept here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAvg,
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from tracefl.attribution import FusedRound, StateDict, floating_entries
+from tracefl.reply import (
+    ARRAYS,
+    ClientRecord,
+    ReplyRejectedError,
+    read_train_reply,
+    reply_partition_id,
+    strip_for_aggregation,
 )
 
-from tracefl.client_app import ATTRIBUTION_KEY
+log = logging.getLogger("tracefl")
+
+
+class ShareDecomposer(Protocol):
+    """What an aggregator tells provenance (see :mod:`tracefl.aggregators`)."""
+
+    name: str
+
+    def snapshot(self, strategy: Strategy) -> object | None:
+        """Server state that :meth:`decompose` needs, taken before aggregation."""
+
+    def decompose(
+        self,
+        strategy: Strategy,
+        before: object | None,
+        previous: StateDict,
+        clients: Sequence[StateDict],
+        num_examples: Sequence[int],
+    ) -> tuple[tuple[StateDict, ...], StateDict]:
+        """``(A_k, r)`` with the aggregate ``== sum_k A_k * clients[k] + r``."""
 
 
 @dataclass(frozen=True)
-class ClientRecord:
-    """One client's reply in a round, as fused into the global model.
+class ReplyProblem:
+    """A reply that was not fused: an error reply or a rejected one."""
+
+    node_id: int
+    partition_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """Everything a training round produced, as the analysis needs it.
 
     Attributes
     ----------
-    arrays
-        The client's model as received (clipped in place first when server-side
-        DP clipping is on).
-    label_counts
-        (num_classes,) int64 histogram of the labels the client trained on.
+    sampled_nodes
+        Node ids the strategy sent a train message to.
+    accepted
+        Replies that were fused, by partition id; their ``arrays`` are the
+        models as fused (after any server-side clipping).
+    rejected, failed
+        Replies excluded for failing validation, and error replies.
+    timed_out
+        Sampled nodes whose reply never arrived (``round-timeout``).
+    fused
+        The round's decomposition, or ``None`` when no aggregate was produced.
+    global_state
+        The produced global model's whole state dict (buffers included).
+    failure
+        Why no aggregate was produced, else ``None``.
+    unexplained
+        ``max |aggregate - (sum_k A_k theta_k + r)| / max |aggregate|`` before
+        the remainder was moved into the residual: DP noise when DP is on,
+        float rounding otherwise.
+
     """
 
-    partition_id: int
-    node_id: int
-    num_examples: int
-    label_counts: np.ndarray
-    arrays: ArrayRecord
-
-    @property
-    def client_id(self) -> str:
-        """Stable, human-readable id used in results: ``client-<partition-id>``."""
-        return f"client-{self.partition_id}"
-
-    @classmethod
-    def from_reply(cls, msg: Message) -> ClientRecord:
-        """Read a client's train reply (see :mod:`tracefl.client_app`)."""
-        attribution = msg.content[ATTRIBUTION_KEY]
-        metrics = msg.content["metrics"]
-        return cls(
-            partition_id=int(attribution["partition-id"]),
-            node_id=int(msg.metadata.src_node_id),
-            num_examples=int(metrics["num-examples"]),
-            label_counts=np.asarray(attribution["label-counts"], dtype=np.int64),
-            arrays=msg.content["arrays"],
-        )
+    server_round: int
+    sampled_nodes: tuple[int, ...]
+    accepted: tuple[ClientRecord, ...]
+    rejected: tuple[ReplyProblem, ...]
+    failed: tuple[ReplyProblem, ...]
+    timed_out: tuple[int, ...]
+    fused: FusedRound | None
+    failure: str | None
+    global_state: StateDict | None = None
+    unexplained: float | None = None
 
 
-def _partition_order(msg: Message) -> tuple[int, int]:
-    """Sort key: error replies last, others by partition id."""
-    if msg.has_error():
-        return (1, int(msg.metadata.src_node_id))
-    return (0, int(msg.content[ATTRIBUTION_KEY]["partition-id"]))
+RoundHook = Callable[[RoundOutcome], None]
 
 
-PostAggregationHook = Callable[[int, ArrayRecord, list[ClientRecord]], None]
-
-
-class TraceFLFedAvg(FedAvg):
-    """Flower ``FedAvg`` that keeps this round's :class:`ClientRecord` list.
+class ProvenanceStrategy(Strategy):
+    """Wrap ``strategy`` so that every round is validated and decomposed.
 
     Parameters
     ----------
-    on_round_end
-        Called after aggregation as ``hook(round, global_arrays, records)``.
-        Leave it ``None`` when a DP wrapper owns the hook (the wrapper adds noise
-        after this aggregation, and provenance must see the noised model).
-    **kwargs
-        Passed to ``FedAvg`` (fractions, minimum node counts, ...).
+    strategy
+        What aggregates: the aggregator's Flower strategy, or a Flower DP
+        wrapper around it.
+    inner
+        The aggregator's own strategy (``strategy`` itself without DP): the
+        server state the decomposition reads lives there.
+    aggregator
+        Gives the shares ``A_k`` and residual ``r`` of the inner strategy.
+    num_classes
+        Length of the clients' label histograms.
+    min_train_nodes
+        Fewer accepted replies than this and the round is not aggregated.
+    on_round
+        Called with every round's :class:`RoundOutcome`.
+    expected_partitions
+        The federation size if known (``num-clients``); else the first accepted
+        reply's ``num-partitions`` fixes it and later replies must agree.
+    noise_expected
+        DP noise is added after aggregation: the unexplained part is noise.
+
     """
-
-    def __init__(
-        self, *, on_round_end: PostAggregationHook | None = None, **kwargs: object
-    ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.on_round_end = on_round_end
-        self.round_records: list[ClientRecord] = []
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Record the valid replies, then aggregate exactly as FedAvg.
-
-        Replies are ordered by partition id first: FedAvg's floating-point sum
-        then no longer depends on which client answered first, so a run is
-        reproducible bit for bit.
-        """
-        replies = sorted(replies, key=_partition_order)
-        self.round_records = [
-            ClientRecord.from_reply(msg) for msg in replies if not msg.has_error()
-        ]
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None and self.on_round_end is not None:
-            self.on_round_end(server_round, arrays, self.round_records)
-        return arrays, metrics
-
-
-class _HookAfterDP:
-    """Call the post-aggregation hook on the DP wrapper's final (noised) model.
-
-    Mixed in front of Flower's fixed-clipping DP wrappers: they clip the replies
-    in place, call the inner :class:`TraceFLFedAvg` (which records the clipped
-    client models) and add noise; the hook then sees what was actually fused.
-    """
-
-    strategy: TraceFLFedAvg
 
     def __init__(
         self,
-        strategy: TraceFLFedAvg,
-        on_round_end: PostAggregationHook,
+        strategy: Strategy,
         *,
-        noise_multiplier: float,
-        clipping_norm: float,
-        num_sampled_clients: int,
+        inner: Strategy,
+        aggregator: ShareDecomposer,
+        num_classes: int,
+        min_train_nodes: int,
+        on_round: RoundHook,
+        expected_partitions: int | None = None,
+        noise_expected: bool = False,
     ) -> None:
-        super().__init__(  # type: ignore[call-arg]
-            strategy, noise_multiplier, clipping_norm, num_sampled_clients
-        )
-        self.on_round_end = on_round_end
+        super().__init__()
+        self.strategy = strategy
+        self.inner = inner
+        self.aggregator = aggregator
+        self.num_classes = num_classes
+        self.min_train_nodes = min_train_nodes
+        self.on_round = on_round
+        self.num_partitions = expected_partitions
+        self.noise_expected = noise_expected
+        self._sent: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
 
+    # ------------------------------------------------------------ delegation
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure as the wrapped strategy does; remember what was sent."""
+        messages = list(
+            self.strategy.configure_train(server_round, arrays, config, grid)
+        )
+        nodes = tuple(int(m.metadata.dst_node_id) for m in messages)
+        self._sent = {server_round: (arrays, nodes)}
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the wrapped strategy."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate to the wrapped strategy."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """Delegate to the wrapped strategy."""
+        self.strategy.summary()
+
+    # ------------------------------------------------------------- training
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Clip, aggregate and noise as Flower's wrapper does, then run the hook."""
-        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
-        if arrays is not None:
-            self.on_round_end(server_round, arrays, self.strategy.round_records)
+        """Validate, aggregate with the wrapped strategy, decompose, report."""
+        sent, sampled = self._sent.pop(server_round)
+        accepted, messages, rejected, failed, replied = self._screen(replies, sent)
+        timed_out = tuple(n for n in sampled if n not in replied)
+        outcome = RoundOutcome(
+            server_round=server_round,
+            sampled_nodes=sampled,
+            accepted=tuple(accepted),
+            rejected=tuple(rejected),
+            failed=tuple(failed),
+            timed_out=timed_out,
+            fused=None,
+            failure=None,
+        )
+        for problem in (*rejected, *failed):
+            log.warning("Round %d: reply not fused: %s", server_round, problem.reason)
+        if timed_out:
+            log.warning(
+                "Round %d: no reply from node(s) %s within round-timeout",
+                server_round,
+                ", ".join(map(str, timed_out)),
+            )
+        if len(accepted) < self.min_train_nodes:
+            reason = (
+                f"{len(accepted)} valid replies of {len(sampled)} sampled clients, "
+                f"fewer than min-train-nodes = {self.min_train_nodes}"
+            )
+            self.on_round(dataclasses.replace(outcome, failure=reason))
+            return None, None
+
+        before = self.aggregator.snapshot(self.inner)
+        arrays, metrics = self.strategy.aggregate_train(server_round, messages)
+        if arrays is None:
+            reason = f"the {self.aggregator.name} strategy produced no aggregate"
+            self.on_round(dataclasses.replace(outcome, failure=reason))
+            return None, metrics
+        fused_records = tuple(
+            dataclasses.replace(rec, arrays=msg.content[ARRAYS])
+            for rec, msg in zip(accepted, messages, strict=True)
+        )
+        fused, unexplained = self._decompose(
+            server_round, before, sent, fused_records, arrays
+        )
+        self.on_round(
+            dataclasses.replace(
+                outcome,
+                accepted=fused_records,
+                fused=fused,
+                global_state=arrays.to_torch_state_dict(),
+                unexplained=unexplained,
+            )
+        )
         return arrays, metrics
 
+    # ---------------------------------------------------------------- helpers
+    def _screen(
+        self, replies: Iterable[Message], sent: ArrayRecord
+    ) -> tuple[
+        list[ClientRecord],
+        list[Message],
+        list[ReplyProblem],
+        list[ReplyProblem],
+        set[int],
+    ]:
+        """Split replies into accepted (sorted by partition id) and problems."""
+        accepted: list[tuple[ClientRecord, Message]] = []
+        rejected: list[ReplyProblem] = []
+        failed: list[ReplyProblem] = []
+        replied: set[int] = set()
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            replied.add(node)
+            if msg.has_error():
+                failed.append(
+                    ReplyProblem(
+                        node,
+                        None,
+                        f"node {node}: error reply (code {msg.error.code}): "
+                        f"{msg.error.reason}",
+                    )
+                )
+                continue
+            try:
+                record = read_train_reply(msg, sent, self.num_classes)
+                self._check_federation(record, accepted)
+            except ReplyRejectedError as err:
+                rejected.append(ReplyProblem(node, reply_partition_id(msg), str(err)))
+                continue
+            accepted.append((record, msg))
+        accepted.sort(key=lambda pair: pair[0].partition_id)
+        for _, msg in accepted:
+            strip_for_aggregation(msg)
+        return (
+            [rec for rec, _ in accepted],
+            [msg for _, msg in accepted],
+            rejected,
+            failed,
+            replied,
+        )
 
-class ServerSideDPWithHook(_HookAfterDP, DifferentialPrivacyServerSideFixedClipping):
-    """Flower's server-side fixed-clipping DP wrapper plus the TraceFL hook."""
+    def _check_federation(
+        self, record: ClientRecord, accepted: list[tuple[ClientRecord, Message]]
+    ) -> None:
+        """One reply per partition, and every client in the same federation."""
+        if self.num_partitions is None:
+            self.num_partitions = record.num_partitions
+        who = f"client {record.partition_id} (node {record.node_id})"
+        if record.num_partitions != self.num_partitions:
+            raise ReplyRejectedError(
+                f"{who}: 'num-partitions' = {record.num_partitions} but the "
+                f"federation has {self.num_partitions} partitions"
+            )
+        if any(rec.partition_id == record.partition_id for rec, _ in accepted):
+            raise ReplyRejectedError(
+                f"{who}: partition {record.partition_id} already replied this round"
+            )
+
+    def _decompose(
+        self,
+        server_round: int,
+        before: object | None,
+        sent: ArrayRecord,
+        records: tuple[ClientRecord, ...],
+        aggregate: ArrayRecord,
+    ) -> tuple[FusedRound, float]:
+        previous = floating_entries(sent.to_torch_state_dict())
+        clients = [
+            {k: v for k, v in r.arrays.to_torch_state_dict().items() if k in previous}
+            for r in records
+        ]
+        num_examples = [r.num_examples for r in records]
+        produced = {
+            k: v for k, v in aggregate.to_torch_state_dict().items() if k in previous
+        }
+        shares, residual = self.aggregator.decompose(
+            self.inner, before, previous, clients, num_examples
+        )
+        rest: StateDict = {}
+        worst, scale = 0.0, 0.0
+        for key, value in produced.items():
+            explained = residual[key].double() + sum(
+                a[key].double() * c[key].double()
+                for a, c in zip(shares, clients, strict=True)
+            )
+            rest[key] = value.double() - explained
+            worst = max(worst, float(rest[key].abs().max()))
+            scale = max(scale, float(value.abs().max()))
+        unexplained = worst / scale if scale > 0 else worst
+        fused = FusedRound(
+            server_round=server_round,
+            aggregator=self.aggregator.name,
+            client_ids=tuple(r.client_id for r in records),
+            num_examples=tuple(num_examples),
+            previous=previous,
+            clients=tuple(clients),
+            aggregate=produced,
+            shares=tuple(shares),
+            residual={k: residual[k].double() + rest[k] for k in previous},
+            noise=rest if self.noise_expected else None,
+        )
+        return fused, unexplained
 
 
-class ClientSideDPWithHook(_HookAfterDP, DifferentialPrivacyClientSideFixedClipping):
-    """Flower's client-side fixed-clipping DP wrapper plus the TraceFL hook.
+class FedAvgShares:
+    """FedAvg's shares ``A_k = n_k / sum(n)`` (no server state, no residual)."""
 
-    Clients clip with Flower's ``fixedclipping_mod`` (see ``client_app.py``).
-    """
+    def __init__(self, name: str = "fedavg") -> None:
+        self.name = name
+
+    def snapshot(self, strategy: Strategy) -> object | None:
+        """FedAvg keeps no server state."""
+        return None
+
+    def decompose(
+        self,
+        strategy: Strategy,
+        before: object | None,
+        previous: StateDict,
+        clients: Sequence[StateDict],
+        num_examples: Sequence[int],
+    ) -> tuple[tuple[StateDict, ...], StateDict]:
+        """``A_k = p_k`` for every entry, ``r = 0``."""
+        total = float(sum(num_examples))
+        shares = tuple(
+            {k: torch.tensor(n / total, dtype=torch.float64) for k in previous}
+            for n in num_examples
+        )
+        return shares, {
+            k: torch.zeros_like(v, dtype=torch.float64) for k, v in previous.items()
+        }

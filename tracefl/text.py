@@ -215,7 +215,9 @@ def build_gpt2_tiny(num_classes: int, max_seq_len: int) -> nn.Module:
     return GPT2ForSequenceClassification(config)
 
 
-def build_text_model(name: str, num_classes: int, max_seq_len: int = 128) -> nn.Module:
+def build_text_model(
+    name: str, num_classes: int, max_seq_len: int = 128, *, pretrained: bool = True
+) -> nn.Module:
     """Build a sequence classifier with ``num_classes`` outputs.
 
     Parameters
@@ -226,6 +228,11 @@ def build_text_model(name: str, num_classes: int, max_seq_len: int = 128) -> nn.
         Size of the (freshly initialised) classification head.
     max_seq_len
         Longest token sequence the model will see (GPT-2's ``n_positions``).
+    pretrained
+        Load the checkpoint's weights (``minilm``: the bundled all-MiniLM-L6-v2;
+        Hub names: the checkpoint), or initialise the same architecture at
+        random. ``gpt2-tiny`` is always random (it has no checkpoint; the run
+        config rejects ``pretrained=true`` for it).
 
     Raises
     ------
@@ -233,20 +240,32 @@ def build_text_model(name: str, num_classes: int, max_seq_len: int = 128) -> nn.
         Unknown name, or a Hub checkpoint while offline and not cached.
 
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     if name == GPT2_TINY:
         return build_gpt2_tiny(num_classes, max_seq_len)
     if name == MINILM:
+        folder = str(minilm_dir())
+        if not pretrained:
+            config = AutoConfig.from_pretrained(
+                folder, num_labels=num_classes, local_files_only=True
+            )
+            return AutoModelForSequenceClassification.from_config(config)
         return AutoModelForSequenceClassification.from_pretrained(
-            str(minilm_dir()), num_labels=num_classes, local_files_only=True
+            folder, num_labels=num_classes, local_files_only=True
         )
     tokenizer = get_tokenizer(name)  # fails fast and clearly when offline
-    model = _from_pretrained(
-        AutoModelForSequenceClassification.from_pretrained,
-        name,
-        num_labels=num_classes,
-    )
+    if pretrained:
+        model = _from_pretrained(
+            AutoModelForSequenceClassification.from_pretrained,
+            name,
+            num_labels=num_classes,
+        )
+    else:
+        config = _from_pretrained(
+            AutoConfig.from_pretrained, name, num_labels=num_classes
+        )
+        model = AutoModelForSequenceClassification.from_config(config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

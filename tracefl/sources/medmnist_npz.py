@@ -51,6 +51,32 @@ def npz_path(flag: str, data_dir: str, image_size: int) -> Path:
     return root / npz_filename(flag, image_size)
 
 
+def check_medmnist(
+    spec: DatasetSpec, data_dir: str, image_size: int, download: bool
+) -> str:
+    """Fail at once if the npz file is missing (and not to be downloaded).
+
+    Returns what will be read, for the log. Only the file's index is read.
+    """
+    path = npz_path(spec.hub_id, data_dir, image_size)
+    if not path.is_file():
+        if download:
+            return f"{path} (to be downloaded by medmnist)"
+        raise MedMNISTUnavailableError(_missing_message(spec, path, data_dir))
+    try:
+        with np.load(path) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+    except (OSError, ValueError) as err:
+        raise MedMNISTUnavailableError(
+            f"{path} could not be read as an npz file ({err})."
+        ) from err
+    if missing:
+        raise MedMNISTUnavailableError(
+            f"{path} is not a medmnist npz file: it lacks {missing}."
+        )
+    return str(path)
+
+
 def _missing_message(spec: DatasetSpec, path: Path, data_dir: str) -> str:
     where = (
         f"data-dir '{data_dir}'"
