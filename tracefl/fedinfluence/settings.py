@@ -160,7 +160,11 @@ def tracked_parameters(model: nn.Module, layers: Sequence[str]) -> tuple[str, ..
     chosen: dict[str, str] = {}
     for layer in layers:
         if layer not in modules:
-            known = [n for n, m in modules.items() if any(m.parameters())]
+            known = [
+                n
+                for n, m in modules.items()
+                if next(m.parameters(recurse=False), None) is not None
+            ]
             raise FedInfluenceConfigError(
                 f"layers: no module {layer!r} in {type(model).__name__}; modules "
                 f"with parameters: {known}"
