@@ -308,10 +308,13 @@ def test_lwet_truncates_a_divergent_block_for_good_and_keeps_the_others():
     assert "c2" not in report.truncated
     assert lwet.truncated_blocks()["c0"] == {"0.weight": 2}
     assert torch.equal(eps2["c0"]["0.weight"], torch.zeros(1, 2, dtype=torch.float64))
-    for c, key in [("c1", "0.weight"), ("c2", "0.bias")]:
-        truncated_value = combinatorial(fused2, c, key)
-        if key in lwet.truncated_blocks()[c]:
-            assert torch.allclose(eps2[c][key], truncated_value)
+    # Truncated (Eq. 13): only the combinatorial term is left.
+    assert torch.allclose(
+        eps2["c1"]["0.weight"], combinatorial(fused2, "c1", "0.weight")
+    )
+    # Kept: M^{-c2} = I - eta g g^T through c1 alone (eta = 1, g = 0.5 on the bias).
+    kept = 0.75 * eps1["c2"]["0.bias"] + combinatorial(fused2, "c2", "0.bias")
+    assert torch.allclose(eps2["c2"]["0.bias"], kept)
     # The calm round keeps the recursion for the untruncated blocks only.
     eps3, fused3 = truncated[2]
     assert torch.equal(eps3["c0"]["0.weight"], torch.zeros(1, 2, dtype=torch.float64))
@@ -342,8 +345,12 @@ def test_basic_estimator_overflow_raises_instead_of_returning_inf():
         est.update(fused, payloads)
     assert est.parameter_influence()["a"]["0.weight"].abs().max() > 1e299
     fused, payloads, w = hand_round(7, w, deltas, huge)
+    kept = est.parameter_influence()
     with pytest.raises(FedInfluenceDivergedError, match="'0.weight'.*round 7.*LWET"):
         est.update(fused, payloads)
+    assert est.server_round == 6  # a failed update changes nothing
+    for c, state in est.parameter_influence().items():
+        assert all(torch.equal(v, kept[c][k]) for k, v in state.items())
     lwet = FedInfluence(model, FedInfluenceSettings(("0",), lwet=True))
     w = w0
     for t in range(1, 6):

@@ -11,9 +11,9 @@ state entries, ``C`` clients and ``K_t`` participants per round:
   gradients in flight (activations of the ``N_s``-sample forward not counted);
 * server state: ``8 C p`` bytes of float64 estimators plus the last global
   model;
-* server peak of a round: the state, ``K_t`` payloads, ``16 K_t p`` bytes of
-  float64 updates and combinatorial terms and ``40 C p_max`` bytes of
-  recursion rows;
+* server peak of a round: twice the state (old and new estimators), ``K_t``
+  payloads, ``16 K_t p`` bytes of float64 updates and combinatorial terms and
+  ``40 C p_max`` bytes of recursion rows;
 * server flops per round (Table 1, ``K^2 m N_s p``): ``4 C K_t m N_s p_tracked``.
 
 Exact when every mini-batch holds at least ``N_s`` samples, an upper bound
@@ -91,7 +91,7 @@ def estimate_cost(
         payload_bytes=payload,
         client_peak_bytes=payload + 4 * settings.num_samples * tracked,
         server_state_bytes=state,
-        server_peak_bytes=state
+        server_peak_bytes=2 * state
         + participants * payload
         + 16 * participants * entries
         + 40 * num_clients * max(blocks),

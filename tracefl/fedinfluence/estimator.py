@@ -97,8 +97,9 @@ class RoundReport:
     state_bytes
         Bytes the estimator keeps across rounds after this update.
     peak_bytes
-        Estimate of the update's peak memory: state, this round's payloads and
-        the float64 work buffers (updates, combinatorial terms, recursion rows).
+        Estimate of the update's peak memory: the state twice (the update is
+        computed aside, then committed), this round's payloads and the float64
+        work buffers (updates, combinatorial terms, recursion rows).
     truncated
         Per client, the blocks LWET truncated in this round (permanent).
 
@@ -279,6 +280,7 @@ class FedInfluence:
         start = time.perf_counter()
         newly = self._advance(fused, shares, payloads)
         seconds = time.perf_counter() - start
+        self._keys = tuple(fused.previous)
         self._round = fused.server_round
         self._aggregate = {k: v.detach().clone() for k, v in fused.aggregate.items()}
         payload_bytes = {c: payloads[c].nbytes for c in fused.client_ids}
@@ -337,7 +339,6 @@ class FedInfluence:
                     f"{fused.server_round}"
                 )
             payloads[cid].check_against(self._shapes, cid)
-        self._keys = keys
         return shares
 
     def _advance(
@@ -346,35 +347,36 @@ class FedInfluence:
         shares: tuple[float, ...],
         payloads: Mapping[str, GradientPayload],
     ) -> dict[str, tuple[str, ...]]:
+        """Compute round ``t``'s estimators, then commit them (all or nothing)."""
         keys = tuple(fused.previous)
+        previous = dict(self._epsilon)
+        truncated = {c: dict(t) for c, t in self._truncated.items()}
         for cid in fused.client_ids:
-            if cid not in self._epsilon:
-                self._epsilon[cid] = {
+            if cid not in previous:  # epsilon_{t-1}^{-c} = 0 before c took part
+                previous[cid] = {
                     k: torch.zeros(fused.previous[k].shape, dtype=torch.float64)
                     for k in keys
                 }
-                self._truncated[cid] = {}
+                truncated[cid] = {}
         sole = fused.client_ids[0] if len(shares) == 1 else None
         combinatorial = self._combinatorial(fused, shares)
-        sequential = {
-            c: {k: torch.zeros_like(v) for k, v in e.items()}
-            for c, e in self._epsilon.items()
-        }
-        newly: dict[str, list[str]] = {}
+        # Sequential terms; untracked and truncated blocks keep 0 (Eq. 13).
+        sequential: dict[str, dict[str, Tensor]] = {c: {} for c in previous}
         if sole is not None:
             # M_t^{-c} = I: without c the round has no update (interpretation 2).
             for key in self.tracked:
-                if key not in self._truncated[sole]:
-                    sequential[sole][key] = self._epsilon[sole][key].clone()
+                if key not in truncated[sole]:
+                    sequential[sole][key] = previous[sole][key]
+        newly: dict[str, list[str]] = {}
         for key in self.tracked:
             rows = [
                 c
-                for c, e in self._epsilon.items()
-                if c != sole and key not in self._truncated[c] and bool(e[key].any())
+                for c, e in previous.items()
+                if c != sole and key not in truncated[c] and bool(e[key].any())
             ]
             if not rows:
                 continue
-            before = torch.stack([self._epsilon[c][key].reshape(-1) for c in rows])
+            before = torch.stack([previous[c][key].reshape(-1) for c in rows])
             weights = removal_weights(rows, fused.client_ids, shares)
             after = torch.zeros_like(before)
             for index, cid in enumerate(fused.client_ids):
@@ -385,7 +387,7 @@ class FedInfluence:
             grew = after.norm(dim=1) > before.norm(dim=1)
             for row, c in enumerate(rows):
                 if self.settings.lwet and bool(grew[row]):
-                    self._truncated[c][key] = fused.server_round
+                    truncated[c][key] = fused.server_round
                     newly.setdefault(c, []).append(key)
                     continue
                 if not bool(torch.isfinite(after[row]).all()):
@@ -394,12 +396,18 @@ class FedInfluence:
                         f"in round {fused.server_round} (basic estimator, Case 3 of "
                         "the paper); enable LWET (lwet=True)"
                     )
-                sequential[c][key] = after[row].reshape(self._epsilon[c][key].shape)
-        for c, e in self._epsilon.items():
+                sequential[c][key] = after[row].reshape(previous[c][key].shape)
+        updated = {}
+        for c, e in previous.items():
+            comb = combinatorial.get(c)
+            updated[c] = {}
             for key in keys:
-                e[key] = sequential[c][key]
-                if c in combinatorial:
-                    e[key] = e[key] + combinatorial[c][key]
+                seq = sequential[c].get(key)
+                if seq is None:
+                    seq = torch.zeros_like(e[key])
+                updated[c][key] = seq if comb is None else seq + comb[key]
+        self._epsilon = updated
+        self._truncated = truncated
         return {c: tuple(v) for c, v in newly.items()}
 
     def _combinatorial(
@@ -425,8 +433,9 @@ class FedInfluence:
         }
 
     def _peak_bytes(self, fused: FusedRound, payload_bytes: int) -> int:
+        """State twice (old and new estimators), payloads, float64 work buffers."""
         entries = sum(v.numel() for v in fused.previous.values())
         work = 2 * fused.num_clients * entries * 8  # updates + combinatorial terms
         widest = max(self._shapes[n].numel() for n in self.tracked)
         recursion = 5 * len(self._epsilon) * widest * 8
-        return self.state_bytes + payload_bytes + work + recursion
+        return 2 * self.state_bytes + payload_bytes + work + recursion
