@@ -236,3 +236,39 @@ def test_sampler_rejects_iterations_out_of_order() -> None:
         sampler(model, data.features, data.labels, 1)
     with pytest.raises(ValueError, match="no local iteration"):
         sampler.payload()
+
+
+class TokenNet(nn.Module):
+    """A text-like model called as ``model(input_ids=..., attention_mask=...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+        return self.head(pooled)
+
+
+def test_per_sample_gradients_of_a_dict_input_model() -> None:
+    torch.manual_seed(2)
+    model = TokenNet()
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "input_ids": torch.randint(0, 11, (5, 6), generator=gen),
+        "attention_mask": (torch.rand(5, 6, generator=gen) > 0.3).long(),
+    }
+    inputs["attention_mask"][:, 0] = 1
+    labels = torch.randint(0, 3, (5,), generator=gen)
+    names = tracked_parameters(model, ("embed", "head"))
+    grads = per_sample_gradients(model, names, inputs, labels)
+    for b in range(5):
+        one = {k: v[b : b + 1] for k, v in inputs.items()}
+        loss = nn.functional.cross_entropy(model(**one), labels[b : b + 1])
+        want = torch.autograd.grad(
+            loss, [dict(model.named_parameters())[n] for n in names]
+        )
+        for n, w in zip(names, want, strict=True):
+            assert torch.allclose(grads[n][b], w, atol=1e-6), (n, b)
