@@ -124,6 +124,13 @@ def test_payload_round_trips_and_counts_its_bytes() -> None:
     assert tensors["grad.classifier.4.weight"].shape == (15, 18)
     assert tensors["offsets"].tolist() == [0, 5, 10, 15]
     back = GradientPayload.from_tensors(tensors)
+    wire = payload.to_bytes()
+    assert payload.nbytes < len(wire) < payload.nbytes + 4096
+    again = GradientPayload.from_bytes(wire)
+    assert again.sgd == sgd and torch.equal(again.offsets, payload.offsets)
+    assert torch.equal(
+        again.grads["classifier.4.weight"], tensors["grad.classifier.4.weight"]
+    )
     assert back.sgd == sgd and back.seconds == payload.seconds > 0
     assert torch.equal(
         back.grads["classifier.4.bias"], payload.grads["classifier.4.bias"]

@@ -25,10 +25,17 @@ key                    dtype      shape           meaning
 =====================  =========  ==============  ==================================
 
 Size: ``4 * S * p_tracked + 8 * (m + 6)`` bytes (:attr:`GradientPayload.nbytes`).
+
+Transport: Flower's FedAvg and its client-side DP clipping mod require a reply
+with exactly one ``ArrayRecord`` (the model), so the payload travels as one
+``bytes`` value (:meth:`GradientPayload.to_bytes`: the tensor dict through
+``torch.save``, read back with ``torch.load(weights_only=True)``; about 2 KiB of
+container overhead per payload) in a ``ConfigRecord``.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -147,6 +154,20 @@ class GradientPayload:
             sgd=LocalSGD(lr, momentum, weight_decay, proximal_mu),
             seconds=float(tensors["seconds"]),
         )
+
+    def to_bytes(self) -> bytes:
+        """:meth:`to_tensors` serialised with ``torch.save`` (for a ConfigRecord)."""
+        buffer = io.BytesIO()
+        torch.save(self.to_tensors(), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GradientPayload:
+        """Inverse of :meth:`to_bytes` (loads tensors only, then validates)."""
+        tensors = torch.load(io.BytesIO(data), weights_only=True)
+        if not isinstance(tensors, dict):
+            raise PayloadError(f"payload bytes hold a {type(tensors).__name__}")
+        return cls.from_tensors(tensors)
 
     def check_against(self, shapes: Mapping[str, torch.Size], client_id: str) -> None:
         """Raise unless the payload has exactly the tracked parameters ``shapes``."""
