@@ -12,10 +12,10 @@ Flow per round ``t``:
    budget);
 2. each participating client: ``train(..., on_step=GradientSampler(...))``
    draws ``N_s`` per-sample gradients per local step; the client sends
-   ``sampler.payload().to_tensors()`` with its model;
+   ``sampler.payload().to_bytes()`` with its model;
 3. server, after aggregation: ``FedInfluence.update(fused_round, payloads)``
    with the round's :class:`~tracefl.attribution.FusedRound` and
-   ``GradientPayload.from_tensors(...)`` per participant;
+   ``GradientPayload.from_bytes(...)`` per participant;
 4. any time: :meth:`FedInfluence.parameter_influence` (FIP),
    :meth:`FedInfluence.influence_on_loss` (FIL per input and on the set).
 
