@@ -69,6 +69,7 @@ def test_fil_equals_the_loss_of_the_model_without_the_client(two_rounds) -> None
         assert torch.allclose(effect.logit[:, k], want, atol=1e-6)
         assert torch.equal(effect.counterfactual_labels[:, k], logits.argmax(1))
     assert torch.allclose(effect.test_loss, effect.loss.mean(0))
+    assert torch.equal(effect.responsibility, -effect.logit)
     assert effect.loss.abs().max() > 1e-4  # the estimate is not trivially zero
 
 

@@ -74,6 +74,15 @@ class PredictionEffect:
         """``(K,)`` float64 change of the mean loss over the inputs (FIL)."""
         return self.loss.mean(dim=0)
 
+    @property
+    def responsibility(self) -> Tensor:
+        """``(B, K)`` float64 ``-logit``: a per-prediction client ranking.
+
+        High when removing the client lowers the predicted class's logit; the
+        counterpart of TraceFL's ``(B, K)`` scores (``argmax`` = traced client).
+        """
+        return -self.logit
+
 
 def _full_state(
     model: nn.Module, state: Mapping[str, Tensor], owner: str, device: torch.device
