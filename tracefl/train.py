@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -59,17 +59,28 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
+OnStep = Callable[[nn.Module, Features, Tensor, int], None]
+
+
 def train(
     model: nn.Module,
     data: LabeledTensors,
     settings: TrainSettings,
     device: torch.device,
     seed: int,
+    *,
+    on_step: OnStep | None = None,
 ) -> float:
     """Train ``model`` in place on ``data``; return the mean training loss.
 
     With ``proximal_mu > 0`` the loss gets FedProx's ``mu/2 * ||w - w_global||^2``
     term, anchored at the weights the model had on entry (the global model).
+
+    ``on_step(model, features, labels, i)``, if given, is called before local
+    iteration ``i`` (from 0, counted across epochs) with the model at the weights
+    ``w_i`` that step starts from and the step's mini-batch (on ``device``):
+    Fed-Influence's Eq. 15 needs per-sample gradients at ``w_i``, since step
+    ``i``'s Jacobian is ``I - lr * H(w_i)``. It must not change the model.
     """
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
@@ -83,10 +94,13 @@ def train(
         if settings.proximal_mu > 0
         else []
     )
-    total, count = 0.0, 0
+    total, count, step = 0.0, 0, 0
     for _ in range(settings.epochs):
         for features, labels in loader:
             features, labels = to_device(features, device), labels.to(device)
+            if on_step is not None:
+                on_step(model, features, labels, step)
+            step += 1
             optimizer.zero_grad()
             loss = criterion(logits_of(model, features), labels)
             if anchor:
