@@ -18,7 +18,23 @@ from typing import Any
 
 from tracefl.registry import DATASET_NAMES, IMAGE_MODEL_NAMES, TEXT_MODEL_NAMES
 
-FUSIONS = ("fedavg", "fedprox")
+# --- aggregators (tracefl/aggregators/): begin -----------------------------------
+# The ``fusion`` values, in the order of ``tracefl.aggregators.AGGREGATORS`` (a test
+# checks that the two agree; config cannot import the registry: it would be a cycle).
+FUSIONS = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+)
+# --- aggregators: end -------------------------------------------------------------
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 DP_CLIPPING_MODES = ("server", "client")
@@ -49,6 +65,17 @@ class TraceFLConfig:
     round_timeout: float = 3600.0
     seed: int = 42
     device: str = "auto"
+    # --- aggregators: begin (hyper-parameters, read only by the fusion named) -----
+    server_learning_rate: float = 1.0  # fedavgm
+    server_momentum: float = 0.9  # fedavgm
+    eta: float = 0.01  # fedadam, fedyogi, fedadagrad: server learning rate
+    beta_1: float = 0.9  # fedadam, fedyogi: first-moment decay
+    beta_2: float = 0.99  # fedadam, fedyogi: second-moment decay
+    tau: float = 0.001  # fedadam, fedyogi, fedadagrad: adaptivity
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
+    num_malicious_nodes: int = 0  # krum, multikrum, bulyan: f
+    num_nodes_to_select: int = 1  # multikrum: m
+    # --- aggregators: end -----------------------------------------------------
     # Local training
     local_epochs: int = 2
     batch_size: int = 32
@@ -439,3 +466,79 @@ def validate(cfg: TraceFLConfig) -> None:
             cfg.fusion,
             "differential privacy wraps FedAvg only; use fusion = 'fedavg'",
         )
+    _validate_aggregator(cfg)  # aggregators block, below (needs the checks above)
+
+
+# --- aggregators: begin (validation of the fusion's hyper-parameters) -------------
+def sampled_train_nodes(cfg: TraceFLConfig) -> int:
+    """Clients a round trains (Flower's ``configure_train`` rule on ``num-clients``).
+
+    ``max(int(num_clients * fraction_train), min_train_nodes)``; the robust
+    aggregators' guarantees are stated in this ``n``.
+    """
+    return min(
+        max(int(cfg.num_clients * cfg.fraction_train), cfg.min_train_nodes),
+        cfg.num_clients,
+    )
+
+
+def _validate_aggregator(cfg: TraceFLConfig) -> None:
+    """Check the aggregator hyper-parameters and the fusion's cross-key rules.
+
+    Every key's range is checked whatever the fusion (a bad value is a typo even
+    where it is not read). Cross-key rules use ``n`` = :func:`sampled_train_nodes`:
+    Krum and MultiKrum need ``n >= 2f + 3`` (Blanchard et al.: ``n > 2f + 2``),
+    MultiKrum selects ``1 <= m <= n - f``, Bulyan needs ``n >= 4f + 3`` (Flower
+    skips the round otherwise). The trimmed mean cuts ``int(trim_beta * n) < n/2``
+    values at each end, so ``trim-beta`` in ``[0, 0.5)`` always keeps one.
+    """
+    ranges = (  # (field, low, high, low is excluded); every interval is [.., high)
+        ("server_learning_rate", 0.0, math.inf, True),
+        ("server_momentum", 0.0, 1.0, False),
+        ("eta", 0.0, math.inf, True),
+        ("beta_1", 0.0, 1.0, False),
+        ("beta_2", 0.0, 1.0, False),
+        ("tau", 0.0, math.inf, True),
+        ("trim_beta", 0.0, 0.5, False),
+    )
+    for name, low, high, open_low in ranges:
+        value = getattr(cfg, name)
+        ok = math.isfinite(value) and (value > low if open_low else value >= low)
+        _require(
+            ok and value < high,
+            name.replace("_", "-"),
+            value,
+            f"must be a finite number in {'(' if open_low else '['}{low}, {high})",
+        )
+    f = cfg.num_malicious_nodes
+    _require(f >= 0, "num-malicious-nodes", f, "must be >= 0")
+    _require(
+        cfg.num_nodes_to_select >= 1,
+        "num-nodes-to-select",
+        cfg.num_nodes_to_select,
+        "must be >= 1",
+    )
+    n = sampled_train_nodes(cfg)
+    if cfg.fusion in ("krum", "multikrum", "bulyan"):
+        bulyan = cfg.fusion == "bulyan"
+        need = 4 * f + 3 if bulyan else 2 * f + 3
+        rule = "4f + 3" if bulyan else "2f + 3"
+        _require(
+            n >= need,
+            "num-malicious-nodes",
+            f,
+            f"fusion '{cfg.fusion}' needs at least {rule} = {need} clients per round "
+            f"for f = {f}, but num-clients, fraction-train and min-train-nodes "
+            f"sample {n}",
+        )
+    if cfg.fusion == "multikrum":
+        _require(
+            cfg.num_nodes_to_select <= n - f,
+            "num-nodes-to-select",
+            cfg.num_nodes_to_select,
+            f"must be <= n - f = {n - f} (n = {n} clients per round, "
+            f"f = num-malicious-nodes = {f})",
+        )
+
+
+# --- aggregators: end -------------------------------------------------------------
