@@ -63,7 +63,7 @@ INVALID = [
     ({"min-available-nodes": 1, "min-train-nodes": 2}, "min-available-nodes", ">="),
     ({"num-clients": 0}, "num-clients", ">= 1"),
     ({"optimizer": "lbfgs"}, "optimizer", "sgd"),
-    ({"fusion": "fedyogi"}, "fusion", "fedprox"),
+    ({"fusion": "fedsgd"}, "fusion", "fedprox"),
     ({"device": "tpu"}, "device", "cuda"),
     ({"num-server-rounds": "3"}, "num-server-rounds", "integer"),
     ({"provenance": "yes"}, "provenance", "true or false"),
