@@ -12,7 +12,7 @@ quantised layer) and with BatchNorm's integer buffer in the replies.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedMedian,
+    FedYogi,
     Strategy,
 )
 from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -153,6 +154,40 @@ def relative_error(got: Mapping[str, Tensor], want: Mapping[str, Tensor]) -> flo
     )
 
 
+class Recorder(Strategy):
+    """What the provenance wrapper does, between a DP wrapper and the strategy.
+
+    Copies the replies' arrays as the strategy receives them (after any DP
+    clipping; FedMedian, FedTrimmedAvg and Bulyan empty them while aggregating)
+    and snapshots the aggregator's server state, then delegates to Flower.
+    """
+
+    def __init__(self, inner: Strategy, aggregator: Aggregator) -> None:
+        self.inner, self.aggregator = inner, aggregator
+        self.received: list[list[dict[str, Tensor]]] = []
+        self.before: list[object | None] = []
+
+    def configure_train(self, *args: Any) -> Any:
+        return self.inner.configure_train(*args)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+        replies = list(replies)
+        self.received.append(
+            [r.content["arrays"].to_torch_state_dict() for r in replies]
+        )
+        self.before.append(self.aggregator.snapshot(self.inner))
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, *args: Any) -> Any:
+        return self.inner.configure_evaluate(*args)
+
+    def aggregate_evaluate(self, *args: Any) -> Any:
+        return self.inner.aggregate_evaluate(*args)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+
 @dataclass
 class Round:
     fused: FusedRound
@@ -171,21 +206,8 @@ def run_rounds(
     """Drive Flower's strategy through real rounds; decompose each one."""
     torch.manual_seed(0)
     inner = aggregator.build(cfg, sampling_arguments(cfg))
-    received: list[list[dict[str, Tensor]]] = []
-    before: list[object | None] = []
-    original = inner.aggregate_train
-
-    def aggregate_train(server_round: int, replies: Any) -> Any:
-        # What the provenance wrapper does: copy the replies as the strategy
-        # receives them (after any DP clipping; robust strategies empty them),
-        # snapshot the state, then let Flower aggregate.
-        replies = list(replies)
-        received.append([r.content["arrays"].to_torch_state_dict() for r in replies])
-        before.append(aggregator.snapshot(inner))
-        return original(server_round, replies)
-
-    inner.aggregate_train = aggregate_train  # type: ignore[method-assign]
-    strategy = inner if wrap is None else wrap(inner)
+    recorder = Recorder(inner, aggregator)
+    strategy = recorder if wrap is None else wrap(recorder)
     grid = NodeGrid(cfg.num_clients)
     arrays = ArrayRecord(make_model().state_dict())
     out = []
@@ -204,8 +226,8 @@ def run_rounds(
         ]
         agg, _ = strategy.aggregate_train(rnd, replies)
         assert agg is not None
-        got = received[-1]
-        shares, residual = aggregator.decompose(inner, rnd, before[-1], got, sizes)
+        got, before = recorder.received[-1], recorder.before[-1]
+        shares, residual = aggregator.decompose(inner, rnd, before, got, sizes)
         keys = list(residual)
         aggregate = agg.to_torch_state_dict()
         fused = FusedRound(
@@ -335,7 +357,9 @@ def test_fedavgm_and_fedopt_share_sums_are_the_server_gain() -> None:
             assert float(share_sum(rnd.fused, key).max()) == pytest.approx(0.7)
     cfg = config("fedyogi", 3, eta=0.05)
     last = run_rounds(get_aggregator("fedyogi"), cfg)[-1]  # v_t is the last round's
-    v_t = last.strategy.v_t  # type: ignore[attr-defined]
+    assert isinstance(last.strategy, FedYogi)
+    v_t = last.strategy.v_t
+    assert v_t is not None
     for rnd in (last,):
         for key in rnd.fused.previous:
             gain = 0.05 / (torch.from_numpy(np.sqrt(v_t[key])).double() + cfg.tau)

@@ -168,8 +168,8 @@ def zero_residual(state: Mapping[str, Tensor], keys: Sequence[str]) -> StateDict
 
 
 def stacked(clients: Sequence[Mapping[str, Tensor]], key: str) -> Tensor:
-    """``(K, *shape)`` float64 stack of one entry (exact for float32 inputs)."""
-    return torch.stack([c[key].detach().cpu().double() for c in clients])
+    """``(K, *shape)`` stack of one entry, in the clients' dtype, on the CPU."""
+    return torch.stack([c[key].detach().cpu() for c in clients])
 
 
 def as_float64(array: np.ndarray | Tensor) -> Tensor:

@@ -48,14 +48,15 @@ def rank_window_shares(values: Tensor, low: int, high: int) -> Tensor:
     num = values.shape[0]
     if not 0 <= low < high <= num:
         raise ValueError(f"rank window [{low}, {high}) is not inside 0..{num}")
+    # Equality in the clients' own dtype (exact); counts as int32, not float64.
     window = values.sort(dim=0).values[low:high]
-    kept = torch.zeros(values.shape, dtype=torch.float64)
+    kept = torch.zeros(values.shape, dtype=torch.int32)
     for slot in window:  # c_k: window slots holding theta_k's value
         kept += values == slot
-    holders = torch.zeros(values.shape, dtype=torch.float64)
+    holders = torch.zeros(values.shape, dtype=torch.int32)
     for other in values:  # d_k: clients holding theta_k's value
         holders += values == other
-    return kept / (holders * (high - low))
+    return kept.double() / (holders.double() * (high - low))
 
 
 def window_decomposition(
