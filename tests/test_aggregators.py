@@ -21,6 +21,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedMedian,
     FedYogi,
@@ -509,6 +510,27 @@ def test_server_side_dp_wraps_every_aggregator(
         get_aggregator(fusion), cfg, rounds=2, wrap=server_dp(noise, clip, num_clients)
     )
     for rnd in noisy:
+        recon = rnd.fused.reconstruct()
+        left = torch.cat(
+            [(rnd.fused.aggregate[k].double() - recon[k]).flatten() for k in recon]
+        )
+        assert float(left.std()) == pytest.approx(noise * clip / num_clients, rel=0.05)
+
+
+@pytest.mark.parametrize(("fusion", "extra", "num_clients"), DP_CASES)
+def test_client_side_dp_wraps_every_aggregator(
+    fusion: str, extra: dict[str, Any], num_clients: int
+) -> None:
+    """Clients clip (``fixedclipping_mod``); the server only adds the noise."""
+    noise, clip = 0.3, 2.0
+    cfg = config(fusion, num_clients, **extra)
+
+    def wrap(inner: Strategy) -> Strategy:
+        return DifferentialPrivacyClientSideFixedClipping(
+            inner, noise, clip, num_clients
+        )
+
+    for rnd in run_rounds(get_aggregator(fusion), cfg, rounds=2, wrap=wrap):
         recon = rnd.fused.reconstruct()
         left = torch.cat(
             [(rnd.fused.aggregate[k].double() - recon[k]).flatten() for k in recon]
