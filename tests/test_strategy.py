@@ -9,7 +9,8 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from tests.replies import NodeListGrid, array_record, error_reply, train_reply
-from tracefl.strategy import FedAvgShares, ProvenanceStrategy, RoundOutcome
+from tracefl.aggregators.fedavg import FedAvgAggregator
+from tracefl.strategy import FusionCapture, ProvenanceStrategy, RoundOutcome
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -26,11 +27,14 @@ def make(
     min_train_nodes: int = 1, **kwargs: object
 ) -> tuple[ProvenanceStrategy, list[RoundOutcome]]:
     seen: list[RoundOutcome] = []
-    inner = FedAvg(min_train_nodes=min_train_nodes, min_available_nodes=1)
+    aggregator = FedAvgAggregator()
+    capture = FusionCapture(
+        FedAvg(min_train_nodes=min_train_nodes, min_available_nodes=1), aggregator
+    )
     strategy = ProvenanceStrategy(
-        inner,
-        inner=inner,
-        aggregator=FedAvgShares(),
+        capture,
+        capture=capture,
+        aggregator=aggregator,
         num_classes=3,
         min_train_nodes=min_train_nodes,
         on_round=seen.append,

@@ -19,7 +19,23 @@ from typing import Any
 
 from tracefl.registry import DATASET_NAMES, IMAGE_MODEL_NAMES, TEXT_MODEL_NAMES
 
-FUSIONS = ("fedavg", "fedprox")
+# --- aggregators (tracefl/aggregators/): begin -----------------------------------
+# The ``fusion`` values, in the order of ``tracefl.aggregators.AGGREGATORS`` (a test
+# checks that the two agree; config cannot import the registry: it would be a cycle).
+FUSIONS = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+)
+# --- aggregators: end -------------------------------------------------------------
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 DP_CLIPPING_MODES = ("server", "client")
@@ -54,6 +70,17 @@ class TraceFLConfig:
     round_timeout: float = 3600.0
     seed: int = 42
     device: str = "auto"
+    # --- aggregators: begin (hyper-parameters, read only by the fusion named) -----
+    server_learning_rate: float = 1.0  # fedavgm
+    server_momentum: float = 0.9  # fedavgm
+    eta: float = 0.01  # fedadam, fedyogi, fedadagrad: server learning rate
+    beta_1: float = 0.9  # fedadam, fedyogi: first-moment decay
+    beta_2: float = 0.99  # fedadam, fedyogi: second-moment decay
+    tau: float = 0.001  # fedadam, fedyogi, fedadagrad: adaptivity
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
+    num_malicious_nodes: int = 0  # krum, multikrum, bulyan: f
+    num_nodes_to_select: int = 1  # multikrum: m
+    # --- aggregators: end -----------------------------------------------------
     # Local training
     local_epochs: int = 2
     batch_size: int = 32
@@ -237,12 +264,28 @@ def _parse_faulty_clients(cfg: TraceFLConfig) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def check_faulty_clients(cfg: TraceFLConfig, num_partitions: int) -> None:
-    """Check ``faulty-clients`` against the federation's size ``num_partitions``.
+def check_federation(cfg: TraceFLConfig, federation_size: int) -> None:
+    """Check the keys that depend on the federation's size.
 
-    Called by :func:`validate` when ``num-clients`` is set, and by the ServerApp
-    once it knows the federation (``num-clients = 0``).
+    Called by :func:`validate` when ``num-clients`` is set, and by launchers and
+    the ServerApp once they know the federation (``num-clients = 0``: the
+    number of SuperNodes).
     """
+    for name in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+        value = getattr(cfg, name)
+        _require(
+            value <= federation_size,
+            name.replace("_", "-"),
+            value,
+            f"must be in 0..{federation_size} (the federation's size)",
+        )
+    if cfg.faulty_client_ids:
+        _check_faulty_clients(cfg, federation_size)
+    _check_aggregator_federation(cfg, federation_size)
+
+
+def _check_faulty_clients(cfg: TraceFLConfig, num_partitions: int) -> None:
+    """Check ``faulty-clients`` against the federation's size ``num_partitions``."""
     for pid in cfg.faulty_client_ids:
         _require(
             pid < num_partitions,
@@ -416,13 +459,6 @@ def validate(cfg: TraceFLConfig) -> None:
     for name in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
         value = getattr(cfg, name)
         _require(value >= 0, name.replace("_", "-"), value, "must be >= 0")
-        if cfg.num_clients:
-            _require(
-                value <= cfg.num_clients,
-                name.replace("_", "-"),
-                value,
-                f"must be in 0..num-clients ({cfg.num_clients})",
-            )
     _require(
         cfg.min_train_nodes >= 1, "min-train-nodes", cfg.min_train_nodes, "must be >= 1"
     )
@@ -470,8 +506,6 @@ def validate(cfg: TraceFLConfig) -> None:
         cfg.label_flip if cfg.faulty_client_ids else cfg.faulty_clients,
         "faulty-clients and label-flip must be set together",
     )
-    if cfg.faulty_client_ids and cfg.num_clients:
-        check_faulty_clients(cfg, cfg.num_clients)
 
     if cfg.noise_multiplier > 0:
         _require(
@@ -487,10 +521,87 @@ def validate(cfg: TraceFLConfig) -> None:
         cfg.clipping_norm,
         "must be a finite number >= 0 (0 disables differential privacy)",
     )
-    if cfg.dp_enabled:
+    _validate_aggregator(cfg)  # aggregators block, below (needs the checks above)
+    if cfg.num_clients:
+        check_federation(cfg, cfg.num_clients)
+
+
+# --- aggregators: begin (validation of the fusion's hyper-parameters) -------------
+def sampled_train_nodes(cfg: TraceFLConfig, federation_size: int) -> int:
+    """Clients a round trains (Flower's ``configure_train`` rule).
+
+    ``max(int(size * fraction_train), min_train_nodes)``, capped by the size;
+    the robust aggregators' guarantees are stated in this ``n``.
+    """
+    return min(
+        max(int(federation_size * cfg.fraction_train), cfg.min_train_nodes),
+        federation_size,
+    )
+
+
+def _validate_aggregator(cfg: TraceFLConfig) -> None:
+    """Check the aggregator hyper-parameters (every key, whatever the fusion).
+
+    A bad value is a typo even where it is not read.
+    """
+    ranges = (  # (field, low, high, low is excluded); every interval is [.., high)
+        ("server_learning_rate", 0.0, math.inf, True),
+        ("server_momentum", 0.0, 1.0, False),
+        ("eta", 0.0, math.inf, True),
+        ("beta_1", 0.0, 1.0, False),
+        ("beta_2", 0.0, 1.0, False),
+        ("tau", 0.0, math.inf, True),
+        ("trim_beta", 0.0, 0.5, False),
+    )
+    for name, low, high, open_low in ranges:
+        value = getattr(cfg, name)
+        ok = math.isfinite(value) and (value > low if open_low else value >= low)
         _require(
-            cfg.fusion == "fedavg",
-            "fusion",
-            cfg.fusion,
-            "differential privacy wraps FedAvg only; use fusion = 'fedavg'",
+            ok and value < high,
+            name.replace("_", "-"),
+            value,
+            f"must be a finite number in {'(' if open_low else '['}{low}, {high})",
         )
+    f = cfg.num_malicious_nodes
+    _require(f >= 0, "num-malicious-nodes", f, "must be >= 0")
+    _require(
+        cfg.num_nodes_to_select >= 1,
+        "num-nodes-to-select",
+        cfg.num_nodes_to_select,
+        "must be >= 1",
+    )
+
+
+def _check_aggregator_federation(cfg: TraceFLConfig, federation_size: int) -> None:
+    """The fusion's rules on ``n`` = :func:`sampled_train_nodes` clients per round.
+
+    Krum and MultiKrum need ``n >= 2f + 3`` (Blanchard et al.: ``n > 2f + 2``),
+    MultiKrum selects ``1 <= m <= n - f``, Bulyan needs ``n >= 4f + 3`` (Flower
+    skips the round otherwise). The trimmed mean cuts ``int(trim_beta * n) < n/2``
+    values at each end, so ``trim-beta`` in ``[0, 0.5)`` always keeps one.
+    """
+    f = cfg.num_malicious_nodes
+    n = sampled_train_nodes(cfg, federation_size)
+    if cfg.fusion in ("krum", "multikrum", "bulyan"):
+        bulyan = cfg.fusion == "bulyan"
+        need = 4 * f + 3 if bulyan else 2 * f + 3
+        rule = "4f + 3" if bulyan else "2f + 3"
+        _require(
+            n >= need,
+            "num-malicious-nodes",
+            f,
+            f"fusion '{cfg.fusion}' needs at least {rule} = {need} clients per round "
+            f"for f = {f}, but a federation of {federation_size} with "
+            f"fraction-train and min-train-nodes samples {n}",
+        )
+    if cfg.fusion == "multikrum":
+        _require(
+            cfg.num_nodes_to_select <= n - f,
+            "num-nodes-to-select",
+            cfg.num_nodes_to_select,
+            f"must be <= n - f = {n - f} (n = {n} clients per round, "
+            f"f = num-malicious-nodes = {f})",
+        )
+
+
+# --- aggregators: end -------------------------------------------------------------

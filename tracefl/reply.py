@@ -83,9 +83,6 @@ class ClientRecord:
 
     Attributes
     ----------
-    arrays
-        The client's model as it was fused (clipped first when server-side DP
-        clipping is on).
     label_counts
         ``(num_classes,)`` int64 histogram of the labels the client trained on.
     extras
@@ -99,7 +96,6 @@ class ClientRecord:
     num_examples: int
     train_loss: float
     label_counts: np.ndarray
-    arrays: ArrayRecord
     extras: dict[str, Record] = field(default_factory=dict)
 
     @property
@@ -124,14 +120,14 @@ def reply_partition_id(msg: Message) -> int | None:
 def read_train_reply(
     msg: Message, expected: ArrayRecord, num_classes: int
 ) -> ClientRecord:
-    """Decode and check a train reply against the global model that was sent.
+    """Decode and check a train reply against the global model's schema.
 
     Parameters
     ----------
     msg
         A reply without an error.
     expected
-        The global arrays sent in this round (the reference keys, shapes, dtypes).
+        The reference keys, shapes and dtypes (the run's initial model).
     num_classes
         Length of ``label-counts``.
 
@@ -189,7 +185,6 @@ def read_train_reply(
         num_examples=num_examples,
         train_loss=float(loss) if isinstance(loss, int | float) else float("nan"),
         label_counts=np.asarray(counts, dtype=np.int64),
-        arrays=arrays,
         extras=extras,
     )
 

@@ -26,17 +26,18 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
-    FedAvg,
     Result,
     Strategy,
 )
 
+from tracefl.aggregators import get_aggregator, sampling_arguments
 from tracefl.analysis import Recorder, RoundAnalyzer
 from tracefl.config import (
     ConfigError,
     TraceFLConfig,
-    check_faulty_clients,
+    check_federation,
     parse_run_config,
+    sampled_train_nodes,
 )
 from tracefl.data_check import check_data_inputs
 from tracefl.dataset import load_server_test
@@ -44,7 +45,7 @@ from tracefl.model import build_model
 from tracefl.output_dir import prepare_output_dir
 from tracefl.registry import dataset_num_classes, run_dataset_spec
 from tracefl.run_info import RunInfo, package_versions
-from tracefl.strategy import FedAvgShares, ProvenanceStrategy, ShareDecomposer
+from tracefl.strategy import FusionCapture, ProvenanceStrategy
 from tracefl.train import resolve_device
 
 log = logging.getLogger("tracefl")
@@ -60,14 +61,6 @@ def setup_logging() -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-
-
-def num_sampled_clients(cfg: TraceFLConfig, federation_size: int) -> int:
-    """Clients the strategy samples per round (Flower's rule, capped)."""
-    return min(
-        max(int(federation_size * cfg.fraction_train), cfg.min_train_nodes),
-        federation_size,
-    )
 
 
 def federation_size(cfg: TraceFLConfig, grid: Grid, timeout: float = 600.0) -> int:
@@ -98,17 +91,15 @@ def build_strategy(
     num_classes: int,
     size: int,
 ) -> ProvenanceStrategy:
-    """The aggregator's strategy, Flower's DP wrapper if enabled, provenance around."""
-    common: dict[str, Any] = {
-        "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": cfg.fraction_evaluate,
-        "min_train_nodes": cfg.min_train_nodes,
-        "min_evaluate_nodes": cfg.min_evaluate_nodes,
-        "min_available_nodes": cfg.min_available_nodes,
-    }
-    inner: Strategy = FedAvg(**common)
-    aggregator: ShareDecomposer = FedAvgShares(cfg.fusion)
-    outer: Strategy = inner
+    """The aggregator's strategy, Flower's DP wrapper if enabled, provenance around.
+
+    ``ProvenanceStrategy(DP(FusionCapture(aggregator's strategy)))``: replies are
+    validated first, clipped by DP, captured as the aggregator receives them,
+    aggregated, noised; the decomposition sees exactly what was fused.
+    """
+    aggregator = get_aggregator(cfg.fusion)
+    capture = FusionCapture(aggregator.build(cfg, sampling_arguments(cfg)), aggregator)
+    outer: Strategy = capture
     if cfg.dp_enabled:
         wrapper = (
             DifferentialPrivacyServerSideFixedClipping
@@ -116,14 +107,14 @@ def build_strategy(
             else DifferentialPrivacyClientSideFixedClipping
         )
         outer = wrapper(
-            inner,
+            capture,
             cfg.noise_multiplier,
             cfg.clipping_norm,
-            num_sampled_clients(cfg, size),
+            sampled_train_nodes(cfg, size),
         )
     return ProvenanceStrategy(
         outer,
-        inner=inner,
+        capture=capture,
         aggregator=aggregator,
         num_classes=num_classes,
         min_train_nodes=max(cfg.min_train_nodes, 1),
@@ -197,8 +188,7 @@ def _run(
         ).state_dict()
     )
     size = federation_size(cfg, grid)
-    if cfg.faulty_client_ids:
-        check_faulty_clients(cfg, size)
+    check_federation(cfg, size)
     info.update(federation={"num_partitions": size})
     num_classes = dataset_num_classes(cfg.dataset)
     recorder = Recorder(out_dir, num_classes)

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from tracefl.attribution import FusedRound, StateDict, floating_entries
+from tracefl.aggregators import Aggregator
+from tracefl.attribution import FusedRound, StateDict
 from tracefl.reply import (
     ARRAYS,
     ClientRecord,
@@ -48,23 +47,52 @@ from tracefl.reply import (
 log = logging.getLogger("tracefl")
 
 
-class ShareDecomposer(Protocol):
-    """What an aggregator tells provenance (see :mod:`tracefl.aggregators`)."""
+class FusionCapture(Strategy):
+    """Sits right around the aggregator's strategy (inside any DP wrapper).
 
-    name: str
+    Copies each reply's arrays exactly as the strategy receives them (after DP
+    clipping; FedMedian, FedTrimmedAvg and Bulyan empty the replies while they
+    aggregate) and snapshots the aggregator's server state right before
+    ``aggregate_train``; delegates everything else.
+    """
 
-    def snapshot(self, strategy: Strategy) -> object | None:
-        """Server state that :meth:`decompose` needs, taken before aggregation."""
+    def __init__(self, inner: Strategy, aggregator: Aggregator) -> None:
+        super().__init__()
+        self.inner = inner
+        self.aggregator = aggregator
+        self.received: list[StateDict] = []
+        self.before: object | None = None
 
-    def decompose(
-        self,
-        strategy: Strategy,
-        before: object | None,
-        previous: StateDict,
-        clients: Sequence[StateDict],
-        num_examples: Sequence[int],
-    ) -> tuple[tuple[StateDict, ...], StateDict]:
-        """``(A_k, r)`` with the aggregate ``== sum_k A_k * clients[k] + r``."""
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the aggregator's strategy."""
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Capture the replies and the server state, then aggregate."""
+        replies = list(replies)
+        self.received = [msg.content[ARRAYS].to_torch_state_dict() for msg in replies]
+        self.before = self.aggregator.snapshot(self.inner)
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the aggregator's strategy."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate to the aggregator's strategy."""
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """Delegate to the aggregator's strategy."""
+        self.inner.summary()
 
 
 @dataclass(frozen=True)
@@ -85,8 +113,7 @@ class RoundOutcome:
     sampled_nodes
         Node ids the strategy sent a train message to.
     accepted
-        Replies that were fused, by partition id; their ``arrays`` are the
-        models as fused (after any server-side clipping).
+        Replies that were fused, by partition id.
     rejected, failed
         Replies excluded for failing validation, and error replies.
     timed_out
@@ -95,6 +122,9 @@ class RoundOutcome:
         The round's decomposition, or ``None`` when no aggregate was produced.
     global_state
         The produced global model's whole state dict (buffers included).
+    client_states
+        The fused clients' whole state dicts as the aggregator received them
+        (after any DP clipping), in the order of ``accepted``.
     failure
         Why no aggregate was produced, else ``None``.
     unexplained
@@ -113,6 +143,7 @@ class RoundOutcome:
     fused: FusedRound | None
     failure: str | None
     global_state: StateDict | None = None
+    client_states: tuple[StateDict, ...] = ()
     unexplained: float | None = None
 
 
@@ -125,13 +156,12 @@ class ProvenanceStrategy(Strategy):
     Parameters
     ----------
     strategy
-        What aggregates: the aggregator's Flower strategy, or a Flower DP
-        wrapper around it.
-    inner
-        The aggregator's own strategy (``strategy`` itself without DP): the
-        server state the decomposition reads lives there.
+        What aggregates: ``capture``, or a Flower DP wrapper around it.
+    capture
+        The :class:`FusionCapture` around the aggregator's own strategy (where
+        its server state lives).
     aggregator
-        Gives the shares ``A_k`` and residual ``r`` of the inner strategy.
+        Gives the shares ``A_k`` and residual ``r`` of that strategy.
     num_classes
         Length of the clients' label histograms.
     min_train_nodes
@@ -150,8 +180,8 @@ class ProvenanceStrategy(Strategy):
         self,
         strategy: Strategy,
         *,
-        inner: Strategy,
-        aggregator: ShareDecomposer,
+        capture: FusionCapture,
+        aggregator: Aggregator,
         num_classes: int,
         min_train_nodes: int,
         on_round: RoundHook,
@@ -160,7 +190,7 @@ class ProvenanceStrategy(Strategy):
     ) -> None:
         super().__init__()
         self.strategy = strategy
-        self.inner = inner
+        self.capture = capture
         self.aggregator = aggregator
         self.num_classes = num_classes
         self.min_train_nodes = min_train_nodes
@@ -168,6 +198,11 @@ class ProvenanceStrategy(Strategy):
         self.num_partitions = expected_partitions
         self.noise_expected = noise_expected
         self._sent: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
+        #: (shape, dtype) of every entry of the first model sent: the schema
+        #: replies are checked against (Flower may return integer buffers or a
+        #: whole server-optimiser aggregate as float64; clients load it into
+        #: their own dtypes and reply in those).
+        self.schema: ArrayRecord | None = None
 
     # ------------------------------------------------------------ delegation
     def configure_train(
@@ -179,6 +214,8 @@ class ProvenanceStrategy(Strategy):
         )
         nodes = tuple(int(m.metadata.dst_node_id) for m in messages)
         self._sent = {server_round: (arrays, nodes)}
+        if self.schema is None:
+            self.schema = arrays
         return messages
 
     def configure_evaluate(
@@ -203,7 +240,10 @@ class ProvenanceStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate, aggregate with the wrapped strategy, decompose, report."""
         sent, sampled = self._sent.pop(server_round)
-        accepted, messages, rejected, failed, replied = self._screen(replies, sent)
+        assert self.schema is not None
+        accepted, messages, rejected, failed, replied = self._screen(
+            replies, self.schema
+        )
         timed_out = tuple(n for n in sampled if n not in replied)
         outcome = RoundOutcome(
             server_round=server_round,
@@ -231,25 +271,24 @@ class ProvenanceStrategy(Strategy):
             self.on_round(dataclasses.replace(outcome, failure=reason))
             return None, None
 
-        before = self.aggregator.snapshot(self.inner)
         arrays, metrics = self.strategy.aggregate_train(server_round, messages)
         if arrays is None:
-            reason = f"the {self.aggregator.name} strategy produced no aggregate"
+            reason = (
+                f"the '{self.aggregator.name}' strategy produced no aggregate from "
+                f"{len(accepted)} valid replies"
+            )
             self.on_round(dataclasses.replace(outcome, failure=reason))
             return None, metrics
-        fused_records = tuple(
-            dataclasses.replace(rec, arrays=msg.content[ARRAYS])
-            for rec, msg in zip(accepted, messages, strict=True)
-        )
+        states = tuple(self.capture.received)
         fused, unexplained = self._decompose(
-            server_round, before, sent, fused_records, arrays
+            server_round, sent, accepted, states, arrays
         )
         self.on_round(
             dataclasses.replace(
                 outcome,
-                accepted=fused_records,
                 fused=fused,
                 global_state=arrays.to_torch_state_dict(),
+                client_states=states,
                 unexplained=unexplained,
             )
         )
@@ -257,7 +296,7 @@ class ProvenanceStrategy(Strategy):
 
     # ---------------------------------------------------------------- helpers
     def _screen(
-        self, replies: Iterable[Message], sent: ArrayRecord
+        self, replies: Iterable[Message], schema: ArrayRecord
     ) -> tuple[
         list[ClientRecord],
         list[Message],
@@ -284,7 +323,7 @@ class ProvenanceStrategy(Strategy):
                 )
                 continue
             try:
-                record = read_train_reply(msg, sent, self.num_classes)
+                record = read_train_reply(msg, schema, self.num_classes)
                 self._check_federation(record, accepted)
             except ReplyRejectedError as err:
                 rejected.append(ReplyProblem(node, reply_partition_id(msg), str(err)))
@@ -321,23 +360,22 @@ class ProvenanceStrategy(Strategy):
     def _decompose(
         self,
         server_round: int,
-        before: object | None,
         sent: ArrayRecord,
-        records: tuple[ClientRecord, ...],
+        records: list[ClientRecord],
+        states: tuple[StateDict, ...],
         aggregate: ArrayRecord,
     ) -> tuple[FusedRound, float]:
-        previous = floating_entries(sent.to_torch_state_dict())
-        clients = [
-            {k: v for k, v in r.arrays.to_torch_state_dict().items() if k in previous}
-            for r in records
-        ]
+        """The round's FusedRound; the unexplained share goes to the residual."""
+        keys = [k for k, v in states[0].items() if v.is_floating_point()]
         num_examples = [r.num_examples for r in records]
-        produced = {
-            k: v for k, v in aggregate.to_torch_state_dict().items() if k in previous
-        }
         shares, residual = self.aggregator.decompose(
-            self.inner, before, previous, clients, num_examples
+            self.capture.inner, server_round, self.capture.before, states, num_examples
         )
+        sent_state = sent.to_torch_state_dict()
+        global_state = aggregate.to_torch_state_dict()
+        previous = {k: sent_state[k] for k in keys}
+        produced = {k: global_state[k] for k in keys}
+        clients = [{k: s[k] for k in keys} for s in states]
         rest: StateDict = {}
         worst, scale = 0.0, 0.0
         for key, value in produced.items():
@@ -358,36 +396,7 @@ class ProvenanceStrategy(Strategy):
             clients=tuple(clients),
             aggregate=produced,
             shares=tuple(shares),
-            residual={k: residual[k].double() + rest[k] for k in previous},
+            residual={k: residual[k].double() + rest[k] for k in keys},
             noise=rest if self.noise_expected else None,
         )
         return fused, unexplained
-
-
-class FedAvgShares:
-    """FedAvg's shares ``A_k = n_k / sum(n)`` (no server state, no residual)."""
-
-    def __init__(self, name: str = "fedavg") -> None:
-        self.name = name
-
-    def snapshot(self, strategy: Strategy) -> object | None:
-        """FedAvg keeps no server state."""
-        return None
-
-    def decompose(
-        self,
-        strategy: Strategy,
-        before: object | None,
-        previous: StateDict,
-        clients: Sequence[StateDict],
-        num_examples: Sequence[int],
-    ) -> tuple[tuple[StateDict, ...], StateDict]:
-        """``A_k = p_k`` for every entry, ``r = 0``."""
-        total = float(sum(num_examples))
-        shares = tuple(
-            {k: torch.tensor(n / total, dtype=torch.float64) for k in previous}
-            for n in num_examples
-        )
-        return shares, {
-            k: torch.zeros_like(v, dtype=torch.float64) for k, v in previous.items()
-        }

@@ -35,9 +35,9 @@ class RunFedDebug:
             ctx.row["feddebug_suspects"] = NOT_APPLICABLE
             return
         models = []
-        for rec in records:  # the models as fused, buffers included
+        for state in ctx.outcome.client_states:  # as fused, buffers included
             client_model = ctx.model_factory()
-            client_model.load_state_dict(rec.arrays.to_torch_state_dict())
+            client_model.load_state_dict(state)
             models.append(client_model)
         input_shape = tuple(ctx.test_data.select_features(0).shape)
         result = localize_faulty_clients(
