@@ -10,7 +10,14 @@ the partition id with the label counts the client actually trained on.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -18,9 +25,17 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_client_data
+from tracefl.fedinfluence import GradientSampler
+from tracefl.fedinfluence_setup import fedinfluence_settings, local_sgd
 from tracefl.model import build_model
 from tracefl.registry import run_dataset_spec
-from tracefl.reply import ARRAYS, METRICS, train_reply_content
+from tracefl.reply import (
+    ARRAYS,
+    FEDINFLUENCE,
+    METRICS,
+    PAYLOAD,
+    train_reply_content,
+)
 from tracefl.train import TrainSettings, evaluate, resolve_device, train
 
 
@@ -90,7 +105,21 @@ def train_fn(msg: Message, context: Context) -> Message:
     )
     seed = cfg.seed + 1000 * server_round + partition_id
     torch.manual_seed(seed)
-    loss = train(model, data.train, settings, resolve_device(cfg.device), seed)
+    sampler = (
+        GradientSampler(
+            model, fedinfluence_settings(cfg, model), local_sgd(cfg), seed=seed
+        )
+        if cfg.fedinfluence
+        else None
+    )
+    loss = train(
+        model, data.train, settings, resolve_device(cfg.device), seed, on_step=sampler
+    )
+    extra = (
+        {FEDINFLUENCE: ConfigRecord({PAYLOAD: sampler.payload().to_bytes()})}
+        if sampler is not None
+        else None
+    )
     content = train_reply_content(
         ArrayRecord(model.cpu().state_dict()),
         num_examples=len(data.train),
@@ -98,6 +127,7 @@ def train_fn(msg: Message, context: Context) -> Message:
         partition_id=partition_id,
         num_partitions=num_partitions,
         label_counts=data.label_counts,
+        extra=extra,
     )
     return Message(content=content, reply_to=msg)
 

@@ -119,6 +119,12 @@ class TraceFLConfig:
     feddebug: bool = True
     feddebug_num_inputs: int = 10
     feddebug_na_threshold: float = 0.003
+    # Fed-Influence (Xue et al.): a comparator, off by default
+    fedinfluence: bool = False
+    fedinfluence_layers: str = ""
+    fedinfluence_samples: int = 16
+    fedinfluence_lwet: bool = True
+    fedinfluence_memory_budget_mb: float = 256.0
     # Differential privacy
     noise_multiplier: float = 0.0
     clipping_norm: float = 0.0
@@ -331,6 +337,59 @@ def _check_data_dir_key(cfg: TraceFLConfig) -> None:
         )
 
 
+def _validate_fedinfluence(cfg: TraceFLConfig) -> None:
+    """Fed-Influence's settings and what its estimator can model.
+
+    Its recursion linearises (momentum) SGD steps of clients fused with scalar
+    weights; other optimisers, per-coordinate or server-optimiser aggregators and
+    DP clipping break that model (the layers are checked on the model itself
+    before training, :func:`tracefl.fedinfluence.check_settings`).
+    """
+    _require(
+        cfg.fedinfluence_samples >= 1,
+        "fedinfluence-samples",
+        cfg.fedinfluence_samples,
+        "must be >= 1 (N_s, per-sample gradients per local step)",
+    )
+    _require(
+        math.isfinite(cfg.fedinfluence_memory_budget_mb)
+        and cfg.fedinfluence_memory_budget_mb > 0,
+        "fedinfluence-memory-budget-mb",
+        cfg.fedinfluence_memory_budget_mb,
+        "must be a finite number > 0",
+    )
+    names = [n.strip() for n in cfg.fedinfluence_layers.split(",") if n.strip()]
+    _require(
+        len(names) == len(set(names)),
+        "fedinfluence-layers",
+        cfg.fedinfluence_layers,
+        "must not name a module twice",
+    )
+    if not cfg.fedinfluence:
+        return
+    _require(
+        cfg.optimizer == "sgd",
+        "optimizer",
+        cfg.optimizer,
+        "Fed-Influence models (momentum) SGD client steps; use optimizer='sgd' or "
+        "fedinfluence=false",
+    )
+    _require(
+        cfg.fusion in ("fedavg", "fedprox"),
+        "fusion",
+        cfg.fusion,
+        "Fed-Influence needs clients fused with one scalar weight each (fedavg, "
+        "fedprox); set fedinfluence=false for other aggregators",
+    )
+    _require(
+        cfg.clipping_norm == 0,
+        "clipping-norm",
+        cfg.clipping_norm,
+        "Fed-Influence does not model DP clipping of client updates; use "
+        "clipping-norm=0 or fedinfluence=false",
+    )
+
+
 def _parse_label_flip(text: str) -> dict[int, int]:
     """Parse ``label-flip`` ("1:0,2:0") into a source -> target label map."""
     flip: dict[int, int] = {}
@@ -521,6 +580,7 @@ def validate(cfg: TraceFLConfig) -> None:
         cfg.clipping_norm,
         "must be a finite number >= 0 (0 disables differential privacy)",
     )
+    _validate_fedinfluence(cfg)
     _validate_aggregator(cfg)  # aggregators block, below (needs the checks above)
     if cfg.num_clients:
         check_federation(cfg, cfg.num_clients)

@@ -36,6 +36,9 @@ TRAIN_LOSS = "train-loss"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 LABEL_COUNTS = "label-counts"
+#: Optional record with a Fed-Influence payload (``PAYLOAD``: bytes).
+FEDINFLUENCE = "fedinfluence"
+PAYLOAD = "payload"
 #: Records a strategy aggregates; everything else is stripped before it runs.
 AGGREGATED_RECORDS = (ARRAYS, METRICS)
 
@@ -118,7 +121,10 @@ def reply_partition_id(msg: Message) -> int | None:
 
 
 def read_train_reply(
-    msg: Message, expected: ArrayRecord, num_classes: int
+    msg: Message,
+    expected: ArrayRecord,
+    num_classes: int,
+    required: tuple[str, ...] = (),
 ) -> ClientRecord:
     """Decode and check a train reply against the global model's schema.
 
@@ -130,6 +136,8 @@ def read_train_reply(
         The reference keys, shapes and dtypes (the run's initial model).
     num_classes
         Length of ``label-counts``.
+    required
+        Extra records the run needs from every client (e.g. ``fedinfluence``).
 
     Raises
     ------

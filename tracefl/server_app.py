@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import (
 )
 
 from tracefl.aggregators import get_aggregator, sampling_arguments
-from tracefl.analysis import Recorder, RoundAnalyzer
+from tracefl.analysis import Recorder, RoundAnalyzer, default_steps
 from tracefl.config import (
     ConfigError,
     TraceFLConfig,
@@ -44,6 +44,7 @@ from tracefl.dataset import load_server_test
 from tracefl.model import build_model
 from tracefl.output_dir import prepare_output_dir
 from tracefl.registry import dataset_num_classes, run_dataset_spec
+from tracefl.reply import FEDINFLUENCE
 from tracefl.run_info import RunInfo, package_versions
 from tracefl.strategy import FusionCapture, ProvenanceStrategy
 from tracefl.train import resolve_device
@@ -121,6 +122,7 @@ def build_strategy(
         on_round=on_round,
         expected_partitions=cfg.num_clients or None,
         noise_expected=cfg.dp_enabled and cfg.noise_multiplier > 0,
+        required_records=(FEDINFLUENCE,) if cfg.fedinfluence else (),
     )
 
 
@@ -192,7 +194,14 @@ def _run(
     info.update(federation={"num_partitions": size})
     num_classes = dataset_num_classes(cfg.dataset)
     recorder = Recorder(out_dir, num_classes)
-    analyzer = RoundAnalyzer(cfg, test_data, model_factory, device, recorder)
+    analyzer = RoundAnalyzer(
+        cfg,
+        test_data,
+        model_factory,
+        device,
+        recorder,
+        default_steps(cfg, model_factory, size),
+    )
     strategy = build_strategy(cfg, analyzer, num_classes, size)
     result = strategy.start(
         grid=grid,

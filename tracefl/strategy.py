@@ -173,6 +173,8 @@ class ProvenanceStrategy(Strategy):
         reply's ``num-partitions`` fixes it and later replies must agree.
     noise_expected
         DP noise is added after aggregation: the unexplained part is noise.
+    required_records
+        Extra reply records every client must send (e.g. ``fedinfluence``).
 
     """
 
@@ -187,6 +189,7 @@ class ProvenanceStrategy(Strategy):
         on_round: RoundHook,
         expected_partitions: int | None = None,
         noise_expected: bool = False,
+        required_records: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.strategy = strategy
@@ -197,6 +200,7 @@ class ProvenanceStrategy(Strategy):
         self.on_round = on_round
         self.num_partitions = expected_partitions
         self.noise_expected = noise_expected
+        self.required_records = required_records
         self._sent: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
         #: (shape, dtype) of every entry of the first model sent: the schema
         #: replies are checked against (Flower may return integer buffers or a
@@ -323,7 +327,9 @@ class ProvenanceStrategy(Strategy):
                 )
                 continue
             try:
-                record = read_train_reply(msg, schema, self.num_classes)
+                record = read_train_reply(
+                    msg, schema, self.num_classes, self.required_records
+                )
                 self._check_federation(record, accepted)
             except ReplyRejectedError as err:
                 rejected.append(ReplyProblem(node, reply_partition_id(msg), str(err)))

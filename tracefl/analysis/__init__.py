@@ -1,6 +1,6 @@
 """What the server does after each round: evaluate, trace, score, record."""
 
-from tracefl.analysis.pipeline import DEFAULT_STEPS, RoundAnalyzer
+from tracefl.analysis.pipeline import RoundAnalyzer, default_steps
 from tracefl.analysis.recorder import (
     INPUT_COLUMNS,
     ROUND_COLUMNS,
@@ -10,11 +10,11 @@ from tracefl.analysis.recorder import (
 )
 
 __all__ = [
-    "DEFAULT_STEPS",
     "INPUT_COLUMNS",
     "ROUND_COLUMNS",
     "TIMING_COLUMNS",
     "VOLATILE_COLUMNS",
     "Recorder",
     "RoundAnalyzer",
+    "default_steps",
 ]

@@ -17,6 +17,7 @@ from torch import nn
 
 from tracefl.config import TraceFLConfig
 from tracefl.dataset import LabeledTensors
+from tracefl.fedinfluence import FedInfluence
 from tracefl.provenance import ProvenanceResult
 from tracefl.reply import ClientRecord
 from tracefl.strategy import RoundOutcome
@@ -44,6 +45,8 @@ class RoundContext:
         Per method name, the engine result on ``selected``.
     input_rows, client_rows
         ``inputs.csv`` and ``clients.csv`` rows of this round.
+    fedinfluence
+        Fed-Influence's estimator after this round, when the run keeps one.
 
     """
 
@@ -62,6 +65,7 @@ class RoundContext:
     seconds: dict[str, float] = field(default_factory=dict)
     input_rows: list[dict[str, Any]] = field(default_factory=list)
     client_rows: list[dict[str, Any]] = field(default_factory=list)
+    fedinfluence: FedInfluence | None = None
 
     @property
     def server_round(self) -> int:

@@ -2,8 +2,9 @@
 
 select inputs -> attribute -> score -> record, preceded by participation and
 evaluation, followed by FedDebug. A new step is one new module plus a line in
-:data:`DEFAULT_STEPS`. The pipeline never reads client data: ground truth comes
-only from the clients' replies.
+:func:`default_steps` (steps may keep state across rounds, so each run builds
+its own). The pipeline never reads client data: ground truth comes only from
+the clients' replies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tracefl.analysis.attribute import Attribute
 from tracefl.analysis.context import RoundContext
 from tracefl.analysis.evaluate import EvaluateGlobal
 from tracefl.analysis.feddebug_step import RunFedDebug
+from tracefl.analysis.fedinfluence_step import TrackFedInfluence
 from tracefl.analysis.participation import RecordParticipation
 from tracefl.analysis.recorder import Recorder
 from tracefl.analysis.score import ScoreAttributions
@@ -31,15 +33,18 @@ from tracefl.strategy import RoundOutcome
 
 log = logging.getLogger("tracefl")
 
-#: The analysis steps, in order.
-DEFAULT_STEPS: tuple[AnalysisStep, ...] = (
-    RecordParticipation(),
-    EvaluateGlobal(),
-    SelectInputs(),
-    Attribute(),
-    ScoreAttributions(),
-    RunFedDebug(),
-)
+
+def default_steps(
+    cfg: TraceFLConfig,
+    model_factory: Callable[[], nn.Module],
+    federation_size: int,
+) -> tuple[AnalysisStep, ...]:
+    """A run's analysis steps, in order (fresh objects: some keep state)."""
+    steps: list[AnalysisStep] = [RecordParticipation(), EvaluateGlobal()]
+    if cfg.fedinfluence:
+        steps.append(TrackFedInfluence(cfg, model_factory, federation_size))
+    steps += [SelectInputs(), Attribute(), ScoreAttributions(), RunFedDebug()]
+    return tuple(steps)
 
 
 class RoundAnalyzer:
@@ -58,7 +63,7 @@ class RoundAnalyzer:
     recorder
         Owner of the result files.
     steps
-        The analysis steps (default :data:`DEFAULT_STEPS`).
+        The analysis steps, in order (:func:`default_steps`).
 
     """
 
@@ -69,7 +74,7 @@ class RoundAnalyzer:
         model_factory: Callable[[], nn.Module],
         device: torch.device,
         recorder: Recorder,
-        steps: Sequence[AnalysisStep] = DEFAULT_STEPS,
+        steps: Sequence[AnalysisStep],
     ) -> None:
         self.cfg = cfg
         self.test_data = test_data
