@@ -298,8 +298,10 @@ class CumulativeUpdates:
             )
 
     def _cast(self, state: Mapping[str, Tensor]) -> StateDict:
+        """Private copies (entries are updated in place: never alias a round's)."""
         return {
-            k: v.detach().to("cpu", self.dtype).contiguous() for k, v in state.items()
+            k: v.detach().to("cpu", self.dtype, copy=True).contiguous()
+            for k, v in state.items()
         }
 
     def _check_next(self, rnd: FusedRound) -> None:
