@@ -47,8 +47,16 @@ def oracle_scores(
     decay: float = 0.9,
     enable_beta: bool = True,
     scale_by_data_share: bool = False,
+    target: int | Tensor | None = None,
+    objective: str = "logit",
 ) -> tuple[Tensor, list[str]]:
-    """Return raw scores ``T`` of shape ``(B, K)`` (float64) and the layer names."""
+    """Return raw scores ``T`` of shape ``(B, K)`` (float64) and the layer names.
+
+    ``target`` is the class of every input (``int``), one class per input
+    (``(B,)`` tensor) or ``None`` (the predicted class); ``objective`` is what
+    ``y`` is: the target's logit, its log-softmax, or its margin over the best
+    other class.
+    """
     global_model = copy.deepcopy(global_model).eval()
     for p in global_model.parameters():
         p.requires_grad_(True)  # so that every layer output is differentiable
@@ -81,8 +89,13 @@ def oracle_scores(
             for h in handles:
                 h.remove()
         logits = out if isinstance(out, Tensor) else out.logits
-        predicted = int(logits[0].argmax())
-        y = logits[0, predicted]
+        if target is None:
+            chosen = int(logits[0].argmax())
+        elif isinstance(target, int):
+            chosen = target
+        else:
+            chosen = int(target[b])
+        y = _objective(logits[0], chosen, objective)
         outputs = [o for _, _, o in captured]
         grads = torch.autograd.grad(y, outputs, allow_unused=True)
 
@@ -109,6 +122,21 @@ def oracle_scores(
         global_model.zero_grad(set_to_none=True)
     layer_names = [names[m] for m, _, _ in captured]
     return torch.tensor(rows, dtype=torch.float64), layer_names
+
+
+def _objective(logits: Tensor, chosen: int, objective: str) -> Tensor:
+    """``y`` for one input's ``(C,)`` logits, written out per definition."""
+    if objective == "logit":
+        return logits[chosen]
+    if objective == "log_softmax":
+        return torch.log(torch.exp(logits) / torch.exp(logits).sum())[chosen]
+    if objective == "margin":
+        others = [logits[j] for j in range(logits.shape[0]) if j != chosen]
+        best = others[0]
+        for value in others[1:]:
+            best = torch.maximum(best, value)
+        return logits[chosen] - best
+    raise ValueError(objective)
 
 
 def oracle_probs(scores: Tensor) -> Tensor:

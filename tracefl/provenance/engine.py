@@ -54,16 +54,20 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from .layers import TRACERS, LayerTracer, StackedParams, Workspace, find_tracer
+from .layers import LAYER_SETS, LayerTracer, StackedParams, Workspace, find_tracer
+from .objective import check_objective, objective_values
 from .result import ProvenanceResult
 from .validation import (
     Inputs,
     ProvenanceInputError,
+    Target,
     batch_size_of,
     check_finite_state,
     check_input_dtype,
+    check_target,
     client_state,
     describe_inputs,
+    resolve_targets,
     validate_client_ids,
     validate_client_weights,
 )
@@ -108,8 +112,13 @@ class NeuronProvenance:
         never moved).
     chunk_size
         Number of inputs per forward/backward chunk (bounds peak memory).
-    tracers
-        Layer families to trace (default: the explicit registry ``TRACERS``).
+    objective
+        What ``y`` is, see :mod:`tracefl.provenance.objective`: ``"logit"`` (the
+        paper), ``"log_softmax"`` or ``"margin"``.
+    layers
+        Traced layer families: ``"all"`` (every family the engine knows, the
+        default), ``"paper"`` (the original artifact's Linear, Conv2d, LayerNorm
+        and GPT-2 Conv1D) or a tuple of :class:`LayerTracer` (``"custom"``).
 
     """
 
@@ -125,7 +134,8 @@ class NeuronProvenance:
         scale_by_data_share: bool = False,
         device: str | torch.device | None = None,
         chunk_size: int = 32,
-        tracers: tuple[LayerTracer, ...] = TRACERS,
+        objective: str = "logit",
+        layers: str | tuple[LayerTracer, ...] = "all",
     ) -> None:
         if not isinstance(global_model, nn.Module):
             raise ProvenanceInputError(
@@ -145,6 +155,8 @@ class NeuronProvenance:
             raise ProvenanceInputError(f"chunk_size must be an int, got {chunk_size!r}")
         if chunk_size < 1:
             raise ProvenanceInputError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.objective = check_objective(objective)
+        self.layer_set, tracers = _layer_set(layers)
 
         self.client_ids = validate_client_ids(client_ids, len(client_models))
         self.client_weights = validate_client_weights(client_weights, self.client_ids)
@@ -165,9 +177,6 @@ class NeuronProvenance:
 
         global_state = global_model.state_dict()
         check_finite_state(global_state, "global model")
-        param_names = {
-            n for n, _ in global_model.named_parameters(remove_duplicate=False)
-        }
         shapes = {n: t.shape for n, t in global_state.items()}
 
         # Traced modules and their tracers (order fixed later by the forward pass).
@@ -186,8 +195,13 @@ class NeuronProvenance:
                 "Conv1D with parameters)"
             )
 
+        traced_keys = {
+            f"{name}.{pname}" if name else pname
+            for name, (module, tracer) in self._modules.items()
+            for pname in tracer.param_names(module)
+        }
         states = [
-            client_state(c, global_model, shapes, param_names, cid)
+            client_state(c, global_model, shapes, traced_keys, cid)
             for c, cid in zip(client_models, self.client_ids, strict=True)
         ]
         # Stack each traced layer's client parameters once: (K, *param.shape).
@@ -206,7 +220,11 @@ class NeuronProvenance:
 
     # ------------------------------------------------------------------ public
     def attribute(
-        self, inputs: Inputs, *, return_per_layer: bool = False
+        self,
+        inputs: Inputs,
+        *,
+        target: Target = None,
+        return_per_layer: bool = False,
     ) -> ProvenanceResult:
         """Attribute the global model's prediction on each input to the clients.
 
@@ -215,21 +233,28 @@ class NeuronProvenance:
         inputs
             ``(B, ...)`` tensor passed as ``model(inputs)``, or a mapping of
             ``(B, ...)`` tensors passed as ``model(**inputs)``.
+        target
+            The class whose ``y`` is traced: ``None`` (the predicted class), an
+            ``int`` (the same class for every input) or a ``(B,)`` integer tensor
+            (one class per input, e.g. the true labels). Every class must be in
+            ``0..C-1``.
         return_per_layer
             Also return the ``(B, L, K)`` beta-weighted per-layer terms.
 
         Returns
         -------
         ProvenanceResult
-            ``scores``/``probs`` ``(B, K)`` float64, ``traced`` and
-            ``predicted_labels`` ``(B,)`` int64. ``peak_memory_bytes`` is, on CUDA,
-            ``torch.cuda.max_memory_allocated`` over the call; on CPU, an estimate:
+            ``scores``/``probs`` ``(B, K)`` float64, ``traced``,
+            ``predicted_labels`` and ``targets`` ``(B,)`` int64.
+            ``peak_memory_bytes`` is, on CUDA, ``torch.cuda.max_memory_allocated``
+            over the call; on CPU, an estimate:
             stacked client parameters + for the largest chunk the captured layer
             inputs and output gradients + the largest per-layer temporary
             (autograd's own saved activations are not counted).
 
         """
         batch = batch_size_of(inputs)
+        checked_target = check_target(target, batch)
         check_input_dtype(inputs, self.model, self.dtype)
         inputs = _to_device(inputs, self.device)
         cuda = self.device.type == "cuda"
@@ -244,7 +269,9 @@ class NeuronProvenance:
             for p, _ in saved_flags:
                 if p.is_floating_point():
                     p.requires_grad_(True)
-            parts, preds, names, chunk_peak = self._attribute(inputs, batch)
+            parts, preds, targets, names, chunk_peak = self._attribute(
+                inputs, batch, checked_target
+            )
         finally:
             for p, flag in saved_flags:
                 p.requires_grad_(flag)
@@ -272,6 +299,9 @@ class NeuronProvenance:
             traced=scores.argmax(1),
             client_ids=self.client_ids,
             predicted_labels=torch.cat(preds),
+            targets=torch.cat(targets),
+            objective=self.objective,
+            layer_set=self.layer_set,
             layer_names=names,
             per_layer=per_layer if return_per_layer else None,
             peak_memory_bytes=peak,
@@ -279,15 +309,18 @@ class NeuronProvenance:
 
     # ----------------------------------------------------------------- private
     def _attribute(
-        self, inputs: Inputs, batch: int
-    ) -> tuple[list[Tensor], list[Tensor], tuple[str, ...], int]:
+        self, inputs: Inputs, batch: int, target: Tensor | int | None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], tuple[str, ...], int]:
         parts: list[Tensor] = []
         preds: list[Tensor] = []
+        targets: list[Tensor] = []
         names: tuple[str, ...] | None = None
         peak = 0
         for start in range(0, batch, self.chunk_size):
             chunk = _slice(inputs, start, start + self.chunk_size)
-            contrib, pred, chunk_names, chunk_peak = self._attribute_chunk(chunk)
+            contrib, pred, chosen, chunk_names, chunk_peak = self._attribute_chunk(
+                chunk, target, start
+            )
             if names is None:
                 names = chunk_names
             elif names != chunk_names:
@@ -297,14 +330,15 @@ class NeuronProvenance:
                 )
             parts.append(contrib)
             preds.append(pred)
+            targets.append(chosen)
             peak = max(peak, chunk_peak)
         assert names is not None
-        return parts, preds, names, peak
+        return parts, preds, targets, names, peak
 
     def _attribute_chunk(
-        self, inputs: Inputs
-    ) -> tuple[Tensor, Tensor, tuple[str, ...], int]:
-        """Return ``(B, L, K)`` float64 contributions and ``(B,)`` predictions."""
+        self, inputs: Inputs, target: Tensor | int | None, start: int
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...], int]:
+        """``(B, L, K)`` float64 contributions, ``(B,)`` predictions and targets."""
         records: list[_Record] = []
         seen: set[str] = set()
 
@@ -355,8 +389,9 @@ class NeuronProvenance:
                 "no traced layer (Linear, Conv2d, LayerNorm, Conv1D) ran in the "
                 "forward pass"
             )
-        pred = logits.argmax(1)
-        y = logits.gather(1, pred[:, None]).sum()
+        pred = logits.detach().argmax(1)
+        chosen = resolve_targets(target, logits, start)
+        y = objective_values(logits, chosen, self.objective).sum()
         grads = torch.autograd.grad(
             y, [r.edge for r in records], allow_unused=True, materialize_grads=False
         )
@@ -386,7 +421,30 @@ class NeuronProvenance:
                 largest_temp = max(largest_temp, temp)
                 contrib[:, li] = t.to(torch.float64)
         names = tuple(r.name for r in records)
-        return contrib, pred.detach(), names, captured + largest_temp
+        return contrib, pred, chosen, names, captured + largest_temp
+
+
+def _layer_set(
+    layers: str | tuple[LayerTracer, ...],
+) -> tuple[str, tuple[LayerTracer, ...]]:
+    """``(name, tracers)`` for ``layers=``: a name of ``LAYER_SETS`` or tracers."""
+    if isinstance(layers, str):
+        if layers not in LAYER_SETS:
+            raise ProvenanceInputError(
+                f"layers={layers!r} is not one of {sorted(LAYER_SETS)} "
+                "(or a tuple of LayerTracer)"
+            )
+        return layers, LAYER_SETS[layers]
+    if (
+        not isinstance(layers, tuple)
+        or not layers
+        or not all(isinstance(t, LayerTracer) for t in layers)
+    ):
+        raise ProvenanceInputError(
+            f"layers must be one of {sorted(LAYER_SETS)} or a non-empty tuple of "
+            f"LayerTracer, got {layers!r}"
+        )
+    return "custom", layers
 
 
 def _logits(out: object) -> Tensor:

@@ -23,6 +23,13 @@ class ProvenanceResult:
         Client identifiers; column ``k`` of ``scores`` belongs to ``client_ids[k]``.
     predicted_labels : Tensor
         ``(B,)`` int64 class predicted by the global model (argmax of its logits).
+    targets : Tensor
+        ``(B,)`` int64 class whose ``y`` was traced (``predicted_labels`` unless
+        ``target=`` was given).
+    objective : str
+        What ``y`` was: ``"logit"``, ``"log_softmax"`` or ``"margin"``.
+    layer_set : str
+        Which layer families were traced: ``"all"``, ``"paper"`` or ``"custom"``.
     layer_names : tuple[str, ...]
         Qualified names of the ``L`` traced layers in forward execution order.
     per_layer : Tensor or None
@@ -40,6 +47,9 @@ class ProvenanceResult:
     traced: Tensor
     client_ids: tuple[str, ...]
     predicted_labels: Tensor
+    targets: Tensor
+    objective: str
+    layer_set: str
     layer_names: tuple[str, ...]
     per_layer: Tensor | None
     peak_memory_bytes: int

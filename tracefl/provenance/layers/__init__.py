@@ -16,13 +16,20 @@ from .conv2d import Conv2dTracer
 from .layernorm import LayerNormTracer
 from .linear import LinearTracer
 
-#: Traced layer families, in lookup order.
-TRACERS: tuple[LayerTracer, ...] = (
+#: The original artifact's traced families (``layers="paper"``), in lookup order.
+PAPER_TRACERS: tuple[LayerTracer, ...] = (
     LinearTracer(),
     Conv2dTracer(),
     LayerNormTracer(),
     Conv1DTracer(),
 )
+#: Every parameter-linear family the engine knows (``layers="all"``, the default).
+TRACERS: tuple[LayerTracer, ...] = PAPER_TRACERS
+#: Named layer sets accepted by ``NeuronProvenance(layers=...)``.
+LAYER_SETS: dict[str, tuple[LayerTracer, ...]] = {
+    "all": TRACERS,
+    "paper": PAPER_TRACERS,
+}
 
 
 def find_tracer(
@@ -36,6 +43,8 @@ def find_tracer(
 
 
 __all__ = [
+    "LAYER_SETS",
+    "PAPER_TRACERS",
     "TRACERS",
     "Conv1DTracer",
     "Conv2dTracer",
