@@ -13,7 +13,7 @@ The methods, by registry name (see :mod:`tracefl.attribution.registry`):
 """
 
 from .cumulative import CumulativeMethod
-from .engine_options import LAYER_SETS, OBJECTIVES, EngineOptions
+from .engine_options import EngineOptions
 from .errors import AttributionError
 from .fused_round import FusedRound, StateDict, floating_entries
 from .leave_one_out import LeaveOneOut, leave_one_out_state
@@ -33,10 +33,8 @@ from .update import UpdateMethod
 from .update_store import CumulativeUpdates
 
 __all__ = [
-    "LAYER_SETS",
     "METHODS",
     "NOISE_ID",
-    "OBJECTIVES",
     "PSEUDO_CLIENT_IDS",
     "ROUND_METHODS",
     "SERVER_ID",

@@ -58,7 +58,7 @@ class CumulativeMethod:
         store: CumulativeUpdates,
         *,
         objective: str = "log_softmax",
-        layers: str = "paper",
+        layers: str = "all",
         decay: float = 0.9,
         enable_beta: bool = False,
         include_server: bool = True,

@@ -9,13 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from tracefl.provenance import NeuronProvenance
+from tracefl.provenance.layers import LAYER_SETS
+from tracefl.provenance.objective import OBJECTIVES
 
 from .errors import AttributionError
-
-#: Objectives the engine can attribute (``objective=`` of the engine).
-OBJECTIVES = ("logit", "log_softmax", "margin")
-#: Parameter selections of the engine (``layers=``).
-LAYER_SETS = ("paper", "all")
 
 
 @dataclass(frozen=True)
@@ -29,8 +26,8 @@ class EngineOptions:
         ``"log_softmax"`` (``log p(target)``) or ``"margin"`` (target logit
         minus the largest other logit).
     layers
-        ``"paper"``: the traced layer families (Linear, Conv2d, LayerNorm,
-        GPT-2 Conv1D); ``"all"``: every parameter.
+        ``"all"``: every layer family the engine traces; ``"paper"``: the
+        original artifact's (Linear, Conv2d, LayerNorm, GPT-2 Conv1D).
     decay, enable_beta
         Layer weights ``beta_l = decay ** (L - 1 - l)`` (1 when disabled).
     device
@@ -41,7 +38,7 @@ class EngineOptions:
     """
 
     objective: str = "log_softmax"
-    layers: str = "paper"
+    layers: str = "all"
     decay: float = 0.9
     enable_beta: bool = False
     device: str | torch.device | None = None
@@ -54,7 +51,7 @@ class EngineOptions:
             )
         if self.layers not in LAYER_SETS:
             raise AttributionError(
-                f"layers={self.layers!r} is not one of {list(LAYER_SETS)}"
+                f"layers={self.layers!r} is not one of {sorted(LAYER_SETS)}"
             )
 
     def engine(

@@ -36,12 +36,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from tracefl.provenance.validation import Inputs, batch_size_of
+from tracefl.provenance.objective import OBJECTIVES, objective_values
+from tracefl.provenance.validation import (
+    Inputs,
+    batch_size_of,
+    check_target,
+    resolve_targets,
+)
 
-from .engine_options import OBJECTIVES
 from .errors import AttributionError
 from .fused_round import FusedRound, StateDict
-from .objectives import logits_of, objective_values, resolve_targets
 from .result import AttributionResult
 from .round_method import RoundMethod, Target
 from .terms import is_data_share
@@ -121,6 +125,7 @@ class LeaveOneOut(RoundMethod):
         self, rnd: FusedRound, model: nn.Module, inputs: Inputs, target: Target
     ) -> AttributionResult:
         batch = batch_size_of(inputs)
+        checked = check_target(target, batch)
         own_device = next(model.parameters()).device
         device = self.device or own_device
         work = model if device == own_device else copy.deepcopy(model).to(device)
@@ -129,9 +134,9 @@ class LeaveOneOut(RoundMethod):
         try:
             work.eval()
             with torch.no_grad():
-                logits = self._logits(work, None, inputs, batch, device)
+                logits = self._logits(work, None, inputs, batch, device).double()
                 preds = logits.argmax(1)
-                targets = resolve_targets(target, preds, logits.shape[1])
+                targets = resolve_targets(checked, logits, 0)
                 full = objective_values(logits, targets, self.objective)
                 columns = []
                 for k in range(rnd.num_clients):
@@ -140,7 +145,7 @@ class LeaveOneOut(RoundMethod):
                         for key, v in leave_one_out_state(rnd, k).items()
                     }
                     without = self._logits(work, state, inputs, batch, device)
-                    after = objective_values(without, targets, self.objective)
+                    after = objective_values(without.double(), targets, self.objective)
                     columns.append(full - after)
         finally:
             work.train(was_training)
@@ -182,5 +187,25 @@ class LeaveOneOut(RoundMethod):
                 out = model(*args, **kwargs)
             else:
                 out = functional_call(model, state, args, kwargs)
-            parts.append(logits_of(out))
+            parts.append(_logits(out))
         return torch.cat(parts)
+
+
+def _logits(output: object) -> Tensor:
+    """``(B, C)`` logits from a tensor, an object with ``.logits`` or a mapping."""
+    attribute = getattr(output, "logits", None)
+    if isinstance(output, Tensor):
+        logits = output
+    elif isinstance(attribute, Tensor):
+        logits = attribute
+    elif isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        logits = output["logits"]
+    else:
+        raise AttributionError(
+            f"model output of type {type(output).__name__} has no logits tensor"
+        )
+    if logits.dim() != 2:
+        raise AttributionError(
+            f"model logits must have shape (B, C), got {tuple(logits.shape)}"
+        )
+    return logits

@@ -67,7 +67,7 @@ class CrossRoundOnline:
         targets: Tensor,
         *,
         objective: str = "log_softmax",
-        layers: str = "paper",
+        layers: str = "all",
         decay: float = 0.9,
         enable_beta: bool = False,
         include_server: bool = True,

@@ -6,10 +6,12 @@ its gradient ``g = df/dtheta`` at the global model ``theta_t``::
 
     s_k = <g, A_k * Delta_k>,    Delta_k = theta_k - theta_{t-1}
 
-(``beta_l`` layer weights off by default; ``layers="paper"`` takes the traced
-layer families, ``"all"`` every parameter). Why: ``sum_k s_k + s_server`` is
-the first-order change of ``f`` over the round, ``<g, theta_t - theta_{t-1}>``,
-so each client gets its part of what the round did to the prediction. The
+where ``<., .>`` runs over the parameters of the traced layers (``layers="all"``:
+every family the engine traces; ``"paper"``: the paper's four), with the
+``beta_l`` layer weights off by default. Why: ``sum_k s_k + s_server`` is the
+first-order change of ``f`` over the round, ``<g, theta_t - theta_{t-1}>``
+(on those parameters), so each client gets its part of what the round did to
+the prediction. The
 paper's ``p_k * <g, theta_k>`` contains ``p_k * <g, theta_{t-1}>`` (about
 ``L * y`` for ReLU nets), a term every client shares that favours the largest.
 
@@ -53,7 +55,7 @@ class UpdateMethod(RoundMethod):
         self,
         *,
         objective: str = "log_softmax",
-        layers: str = "paper",
+        layers: str = "all",
         decay: float = 0.9,
         enable_beta: bool = False,
         include_server: bool = True,
