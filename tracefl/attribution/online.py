@@ -39,8 +39,12 @@ from .result import AttributionResult
 from .terms import (
     check_client_ids,
     check_model_holds,
-    pseudo_client_sets,
+    client_fused_update,
+    client_update,
+    pseudo_ids,
+    residual_update_sets,
     scalar_shares,
+    sum_states,
 )
 
 
@@ -133,25 +137,33 @@ class CrossRoundOnline:
         check_client_ids(rnd.client_ids)
         check_model_holds(model, rnd.aggregate, f"round {rnd.server_round}'s aggregate")
         start = time.perf_counter()
+        k = rnd.num_clients
         shares = scalar_shares(rnd)
-        sets = list(rnd.updates())
+        sets = [client_update(rnd, i) for i in range(k)]
         if shares is None:  # per-coordinate shares: weighted terms need own sets
-            sets += rnd.fused_updates()
-        extra = pseudo_client_sets(rnd, updates=True) if self.include_server else {}
-        sets += extra.values()
+            sets += [client_fused_update(rnd, i) for i in range(k)]
+        if self.include_server:
+            fused = (
+                sets[k:]
+                if shares is None
+                else (
+                    {key: a * v for key, v in delta.items()}
+                    for a, delta in zip(shares, sets, strict=True)
+                )
+            )
+            sets += residual_update_sets(rnd, sum_states(fused)).values()
         # Columns: K updates, [K fused updates], pseudo-clients (positional ids).
         ids = [str(i) for i in range(len(sets))]
         out = self.options.engine(model, sets, [1.0] * len(sets), ids).attribute(
             self.queries, target=self.targets
         )
         scores = out.scores.detach().cpu()
-        k = rnd.num_clients
         for i, cid in enumerate(rnd.client_ids):
             raw = scores[:, i]
-            fused = raw * shares[i] if shares is not None else scores[:, k + i]
-            self._add(cid, raw, fused, self._client_ids)
+            weighted = raw * shares[i] if shares is not None else scores[:, k + i]
+            self._add(cid, raw, weighted, self._client_ids)
         offset = k if shares is not None else 2 * k
-        for i, pid in enumerate(extra):
+        for i, pid in enumerate(pseudo_ids(rnd) if self.include_server else ()):
             term = scores[:, offset + i]
             self._add(pid, term, term, self._pseudo_ids)
         self._rounds.append(rnd.server_round)

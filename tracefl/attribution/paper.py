@@ -38,7 +38,7 @@ from .engine_options import EngineOptions
 from .fused_round import FusedRound
 from .result import AttributionResult, join_engine_results
 from .round_method import RoundMethod, Target
-from .terms import is_data_share, pseudo_client_sets
+from .terms import is_data_share, residual_sets
 
 
 class PaperMethod(RoundMethod):
@@ -95,7 +95,7 @@ class PaperMethod(RoundMethod):
         ).attribute(inputs, target=target)
         parts = [clients]
         if self.include_server:
-            extra = pseudo_client_sets(rnd, updates=False)
+            extra = residual_sets(rnd)
             parts.append(
                 self.options.engine(
                     model, list(extra.values()), [1.0] * len(extra), list(extra)

@@ -10,7 +10,7 @@ This module builds those sets and checks what the caller hands in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,29 +55,83 @@ def is_data_share(rnd: FusedRound) -> bool:
     )
 
 
-def pseudo_client_sets(rnd: FusedRound, *, updates: bool) -> dict[str, StateDict]:
-    """The ``server`` set and, with DP, the ``noise`` set of a round.
+def client_update(rnd: FusedRound, k: int) -> StateDict:
+    """``Delta_k = theta_k - theta_{t-1}`` of one client (float64).
+
+    Same numbers as ``rnd.updates()[k]``, one client at a time (bounded memory).
+    """
+    client = rnd.clients[k]
+    return {key: client[key].double() - rnd.previous[key].double() for key in client}
+
+
+def client_fused_update(rnd: FusedRound, k: int) -> StateDict:
+    """``A_k * Delta_k`` of one client (float64, full shapes).
+
+    Same numbers as ``rnd.fused_updates()[k]``, one client at a time.
+    """
+    delta = client_update(rnd, k)
+    share = rnd.shares[k]
+    return {
+        key: (share[key].double() * delta[key]).expand_as(delta[key]).contiguous()
+        for key in rnd.previous
+    }
+
+
+def residual_sets(rnd: FusedRound) -> dict[str, StateDict]:
+    """Pseudo-clients in parameter space (next to whole client models).
+
+    ``{"server": r - noise}`` plus ``{"noise": noise}`` with DP (float64).
+    """
+    return _split_noise(rnd, {k: v.double() for k, v in rnd.residual.items()})
+
+
+def residual_update_sets(
+    rnd: FusedRound, fused_total: Mapping[str, Tensor]
+) -> dict[str, StateDict]:
+    """Pseudo-clients in update space (next to fused updates).
 
     Parameters
     ----------
     rnd
         The round.
-    updates
-        ``False``: split the residual ``r`` (parameter space, next to whole
-        client models); ``True``: split the residual update
-        ``theta_t - theta_{t-1} - sum_k A_k Delta_k`` (next to fused updates).
+    fused_total
+        ``sum_k A_k * Delta_k`` (float64), which the caller has built anyway.
 
     Returns
     -------
     dict
-        ``{"server": ...}`` or ``{"server": ..., "noise": ...}`` (float64, full
-        shapes); ``server`` excludes the noise.
+        ``{"server": theta_t - theta_{t-1} - sum_k A_k Delta_k - noise}`` plus
+        ``{"noise": noise}`` with DP (float64).
     """
-    residual = rnd.residual_update() if updates else rnd.residual
+    step = {
+        key: rnd.aggregate[key].double() - rnd.previous[key].double() - fused_total[key]
+        for key in rnd.previous
+    }
+    return _split_noise(rnd, step)
+
+
+def sum_states(states: Iterable[Mapping[str, Tensor]]) -> StateDict:
+    """Key-wise float64 sum of state dicts (at least one)."""
+    total: StateDict = {}
+    for state in states:
+        for key, value in state.items():
+            if key in total:
+                total[key] = total[key] + value.double()
+            else:
+                total[key] = value.double().clone()
+    return total
+
+
+def pseudo_ids(rnd: FusedRound) -> tuple[str, ...]:
+    """Names of the round's pseudo-clients, in the order of the sets above."""
+    return (SERVER_ID,) if rnd.noise is None else (SERVER_ID, NOISE_ID)
+
+
+def _split_noise(rnd: FusedRound, residual: StateDict) -> dict[str, StateDict]:
     if rnd.noise is None:
-        return {SERVER_ID: {k: v.double() for k, v in residual.items()}}
+        return {SERVER_ID: residual}
     noise = {k: rnd.noise[k].double() for k in rnd.previous}
-    server = {k: residual[k].double() - noise[k] for k in rnd.previous}
+    server = {k: residual[k] - noise[k] for k in rnd.previous}
     return {SERVER_ID: server, NOISE_ID: noise}
 
 

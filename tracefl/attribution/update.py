@@ -34,7 +34,7 @@ from .engine_options import EngineOptions
 from .fused_round import FusedRound
 from .result import AttributionResult, join_engine_results
 from .round_method import RoundMethod, Target
-from .terms import pseudo_client_sets
+from .terms import client_fused_update, residual_update_sets, sum_states
 
 
 class UpdateMethod(RoundMethod):
@@ -75,11 +75,11 @@ class UpdateMethod(RoundMethod):
     def _attribute(
         self, rnd: FusedRound, model: nn.Module, inputs: Inputs, target: Target
     ) -> AttributionResult:
-        sets = list(rnd.fused_updates())
+        sets = [client_fused_update(rnd, k) for k in range(rnd.num_clients)]
         ids = list(rnd.client_ids)
         weights = [float(n) for n in rnd.num_examples]
         if self.include_server:
-            extra = pseudo_client_sets(rnd, updates=True)
+            extra = residual_update_sets(rnd, sum_states(sets))
             sets += extra.values()
             ids += extra
             weights += [1.0] * len(extra)

@@ -41,7 +41,12 @@ from torch import Tensor, nn
 from .errors import AttributionError
 from .fused_round import FusedRound, StateDict, floating_entries
 from .result import NOISE_ID, SERVER_ID
-from .terms import check_client_ids, pseudo_client_sets, state_nbytes
+from .terms import (
+    check_client_ids,
+    client_fused_update,
+    residual_update_sets,
+    state_nbytes,
+)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -181,11 +186,18 @@ class CumulativeUpdates:
             self._new_entry(_INITIAL, self._cast(rnd.previous))
         else:
             self._check_next(rnd)
-        for cid, fused in zip(rnd.client_ids, rnd.fused_updates(), strict=True):
+        fused_total: StateDict = {}
+        for k, cid in enumerate(rnd.client_ids):  # one client at a time
+            fused = client_fused_update(rnd, k)
             self._accumulate(cid, fused)
+            for key, value in fused.items():
+                if key in fused_total:
+                    fused_total[key] += value
+                else:
+                    fused_total[key] = value.clone()
             if cid not in self._client_ids:
                 self._client_ids.append(cid)
-        for pid, term in pseudo_client_sets(rnd, updates=True).items():
+        for pid, term in residual_update_sets(rnd, fused_total).items():
             self._accumulate(pid, term)
         latest = self._cast(rnd.aggregate)
         if _LATEST in self._entries:
