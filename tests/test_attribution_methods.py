@@ -27,6 +27,7 @@ from tracefl.attribution import (
     UpdateMethod,
     leave_one_out_state,
 )
+from tracefl.attribution.terms import client_fused_update, client_update
 from tracefl.provenance import NeuronProvenance
 
 LABELS = {"a": [0, 1], "b": [1, 2, 3], "c": [3], "d": [0, 2]}
@@ -107,6 +108,16 @@ def test_paper_with_per_coordinate_shares_uses_a_k_theta_k(kind: str) -> None:
     torch.testing.assert_close(out.scores, ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out.probs, torch.softmax(ref[:, :3], 1))
     assert out.column_ids == ("c0", "c1", "c2", SERVER_ID, NOISE_ID)
+
+
+def test_paper_without_share_scaling_scores_whole_client_models() -> None:
+    torch.manual_seed(1)
+    rnd, model = masked_round(TinyCNN().double().eval(), 3, seed=3)
+    x = cnn_inputs(3)
+    out = PaperMethod(scale_by_data_share=False).attribute(rnd, model, x, target=1)
+    ref, _ = oracle_scores(model, [*rnd.clients, rnd.residual], [1.0] * 4, x, target=1)
+    torch.testing.assert_close(out.scores, ref, rtol=1e-9, atol=1e-9)
+    assert out.targets.tolist() == [1, 1, 1]
 
 
 def test_paper_general_path_agrees_with_fedavg_path(cnn_rounds) -> None:
@@ -203,9 +214,15 @@ def literal_masked_without(rnd: FusedRound, k: int) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("objective", ["log_softmax", "logit", "margin"])
-def test_loo_on_fedavg_is_the_literal_reweighted_average(cnn_rounds, objective) -> None:
-    rnd, model = cnn_rounds[0]
+@pytest.mark.parametrize(
+    ("objective", "round_index"),
+    [("log_softmax", 0), ("logit", 0), ("margin", 0), ("log_softmax", 1)],
+)
+def test_loo_on_fedavg_is_the_literal_reweighted_average(
+    cnn_rounds, objective: str, round_index: int
+) -> None:
+    """Round 2 has DP noise: the residual stays in every counterfactual."""
+    rnd, model = cnn_rounds[round_index]
     x = cnn_inputs()
     out = LeaveOneOut(objective=objective, chunk_size=2).attribute(rnd, model, x)
     targets = out.targets.tolist()
@@ -287,3 +304,16 @@ def test_result_columns_by_name(cnn_rounds) -> None:
     assert out.traced_client_ids == [rnd.client_ids[i] for i in out.traced.tolist()]
     with pytest.raises(KeyError, match="no column 'zzz'"):
         out.column("zzz")
+
+
+def test_per_client_views_equal_the_rounds_own(cnn_rounds) -> None:
+    torch.manual_seed(4)
+    masked, _ = masked_round(TinyCNN().double().eval(), 3)
+    for rnd in (cnn_rounds[1][0], masked):
+        for k in range(rnd.num_clients):
+            for mine, theirs in (
+                (client_update(rnd, k), rnd.updates()[k]),
+                (client_fused_update(rnd, k), rnd.fused_updates()[k]),
+            ):
+                assert mine.keys() == theirs.keys()
+                assert all(torch.equal(mine[key], theirs[key]) for key in mine)
