@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> None:
         f"of the best test accuracy to the end): {sorted(late)}"
     )
     header = (
-        f"{'method':<24}{'strict':>8}{'chance':>8}{'early':>8}{'conv.':>8}"
+        f"{'method':<34}{'strict':>8}{'chance':>8}{'early':>8}{'conv.':>8}"
         f"{'decisive':>10}{'share':>7}{'graded':>8}{'g.chance':>9}{'rho':>7}"
         f"{'=LOO':>7}{'sec':>8}{'calls':>7}"
     )
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> None:
         dec = np.array([x["decisive"] for x in r])
         rho = np.array([x["rho"] for x in r])
         print(
-            f"{name:<24}{strict.mean():>8.1%}{np.mean([x['chance'] for x in r]):>8.1%}"
+            f"{name:<34}{strict.mean():>8.1%}{np.mean([x['chance'] for x in r]):>8.1%}"
             f"{_mean(strict[~is_late]):>8}{_mean(strict[is_late]):>8}"
             f"{_mean(strict[dec]):>10}{dec.mean():>7.0%}"
             f"{np.mean([x['graded'] for x in r]):>8.2f}"
