@@ -219,8 +219,14 @@ def test_store_spills_to_disk_beyond_the_ram_budget(noisy_rounds, tmp_path) -> N
     a = CumulativeMethod(ram).attribute(final, x, target=y)
     b = CumulativeMethod(disk, clients_per_call=3).attribute(final, x, target=y)
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-12, atol=1e-14)
-    with pytest.raises(AttributionError, match="pass directory="):
-        CumulativeUpdates(ram_budget_bytes=one // 2).add(noisy_rounds[0][0])
+    # theta_0, latest, a-d, server and noise fit; "e" joining in round 2 does not.
+    tight = CumulativeUpdates(ram_budget_bytes=8 * one)
+    tight.add(noisy_rounds[0][0])
+    with pytest.raises(AttributionError, match=r"new entries \['e'\].*directory="):
+        tight.add(noisy_rounds[1][0])  # rejected before any change
+    assert tight.rounds == (1,) and tight.client_ids == ("a", "b", "c", "d")
+    for key, value in tight.get("b").items():
+        assert torch.equal(value, noisy_rounds[0][0].fused_updates()[1][key])
 
 
 @pytest.mark.parametrize("budget_clients", [None, 2])

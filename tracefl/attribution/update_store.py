@@ -18,7 +18,9 @@ check that each round starts from the previous one's model).
 
 Entries live in RAM until a new one would exceed ``ram_budget_bytes``; from
 then on new entries are safetensors files in ``directory`` (read and written one
-entry at a time, so RAM stays at about one state dict beyond the budget).
+entry at a time, so RAM stays at about one state dict beyond the budget). The
+directory belongs to one store. Without a directory, a round whose new entries
+would not fit is rejected before anything changes.
 :meth:`CumulativeUpdates.save` and :meth:`CumulativeUpdates.load` round-trip a
 store through a directory (``manifest.json`` + one ``.safetensors`` per entry).
 """
@@ -181,11 +183,12 @@ class CumulativeUpdates:
         if not isinstance(rnd, FusedRound):
             raise AttributionError(f"rnd must be a FusedRound, got {type(rnd)!r}")
         check_client_ids(rnd.client_ids)
+        if self._rounds:
+            self._check_next(rnd)
+        self._check_room(rnd)  # every check before the first change
         if not self._rounds:
             self._shapes = {k: tuple(v.shape) for k, v in rnd.previous.items()}
             self._new_entry(_INITIAL, self._cast(rnd.previous))
-        else:
-            self._check_next(rnd)
         fused_total: StateDict = {}
         for k, cid in enumerate(rnd.client_ids):  # one client at a time
             fused = client_fused_update(rnd, k)
@@ -240,12 +243,10 @@ class CumulativeUpdates:
         files = {}
         for index, (name, entry) in enumerate(self._entries.items()):
             target = out / f"{index:06d}.safetensors"
-            if entry.path is not None and entry.path.resolve() == target.resolve():
-                pass
-            elif entry.path is not None:
-                shutil.copyfile(entry.path, target)
-            else:
+            if entry.path is None:
                 _write_safetensors(entry.load(), target)
+            elif entry.path.resolve() != target.resolve():
+                shutil.copyfile(entry.path, target)
             files[name] = target.name
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -337,6 +338,24 @@ class CumulativeUpdates:
                     f"aggregate ({key!r} differs by up to {gap:.3g}); the store "
                     "needs every round, in order"
                 )
+
+    def _check_room(self, rnd: FusedRound) -> None:
+        """Without a directory, fail before a round whose new entries exceed RAM."""
+        if self.directory is not None or self.ram_budget_bytes is None:
+            return
+        names = [*rnd.client_ids, SERVER_ID, *([NOISE_ID] if rnd.noise else [])]
+        if not self._rounds:
+            names += [_INITIAL, _LATEST]
+        new = [n for n in names if n not in self._entries]
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        one = itemsize * sum(v.numel() for v in rnd.previous.values())
+        if new and self.ram_bytes + len(new) * one > self.ram_budget_bytes:
+            raise AttributionError(
+                f"the cumulative store needs {len(new) * one} more bytes for round "
+                f"{rnd.server_round} (new entries {new[:3]}) but "
+                f"ram_budget_bytes={self.ram_budget_bytes} ({self.ram_bytes} in "
+                "use); pass directory= to keep updates on disk"
+            )
 
     def _accumulate(self, name: str, term: Mapping[str, Tensor]) -> None:
         term = self._cast(term)
