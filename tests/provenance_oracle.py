@@ -68,7 +68,8 @@ class InProjection(nn.Module):
         ws = self.weight.chunk(3)
         bs = (None, None, None) if self.bias is None else self.bias.chunk(3)
         return tuple(
-            nnf.linear(x, w, b) for x, w, b in zip((query, key, value), ws, bs, strict=True)
+            nnf.linear(x, w, b)
+            for x, w, b in zip((query, key, value), ws, bs, strict=True)
         )
 
 
@@ -96,7 +97,7 @@ class ExplicitAttention(nn.Module):
         else:
             for i, part in enumerate("qkv"):
                 w = getattr(mha, f"{part}_proj_weight")
-                proj = nn.Linear(w.shape[1], e, bias=bias is not None)
+                proj = nn.Linear(w.shape[1], e, bias=bias is not None, dtype=w.dtype)
                 with torch.no_grad():
                     proj.weight.copy_(w)
                     if bias is not None:
@@ -106,7 +107,9 @@ class ExplicitAttention(nn.Module):
                 if bias is not None:
                     rows = slice(i * e, (i + 1) * e)
                     self.sources[f"{part}_proj.bias"] = ("in_proj_bias", rows)
-        self.out_proj = nn.Linear(e, e, bias=mha.out_proj.bias is not None)
+        self.out_proj = nn.Linear(
+            e, e, bias=mha.out_proj.bias is not None, dtype=mha.out_proj.weight.dtype
+        )
         self.out_proj.load_state_dict(mha.out_proj.state_dict())
         self.sources["out_proj.weight"] = ("out_proj.weight", None)
         if mha.out_proj.bias is not None:
@@ -161,7 +164,9 @@ class ExplicitAttention(nn.Module):
         return out, weights.mean(1) if average_attn_weights else weights
 
 
-def explicit_copy(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[str, slice | None]]]:
+def explicit_copy(
+    model: nn.Module,
+) -> tuple[nn.Module, dict[str, tuple[str, slice | None]]]:
     """A copy of ``model`` with every ``nn.MultiheadAttention`` written out.
 
     Returns the copy and a map from each replaced parameter's name in the copy
@@ -190,7 +195,9 @@ def _traced_modules(
     traced: list[nn.Module] = []
     inside: list[nn.Module] = []
     for module in model.modules():
-        if any(module is not o and any(module is m for m in o.modules()) for o in inside):
+        if any(
+            module is not o and any(module is m for m in o.modules()) for o in inside
+        ):
             continue
         if extra_types and isinstance(module, extra_types):
             traced.append(module)
@@ -231,9 +238,12 @@ def _make_recording_hook(captured: list):
     def hook(module, args, kwargs, output):
         outs = _tensors(output)
         clones = [o.clone() for o in outs]  # later in-place ops must not alter them
-        saved_args = tuple(a.detach().clone() if isinstance(a, Tensor) else a for a in args)
+        saved_args = tuple(
+            a.detach().clone() if isinstance(a, Tensor) else a for a in args
+        )
         saved_kwargs = {
-            k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in kwargs.items()
+            k: v.detach().clone() if isinstance(v, Tensor) else v
+            for k, v in kwargs.items()
         }
         captured.append((module, saved_args, saved_kwargs, outs))
         if isinstance(output, Tensor):
@@ -337,8 +347,8 @@ def oracle_scores(
             layer_index = order.index(module)
             beta = decay ** (num_layers - 1 - layer_index) if enable_beta else 1.0
             name = names[module]
+            client_layer = copy.deepcopy(module)
             for k, state in enumerate(states):
-                client_layer = copy.deepcopy(module)
                 scale = shares[k] if scale_by_data_share else 1.0
                 with torch.no_grad():
                     for pname, p in client_layer.named_parameters():

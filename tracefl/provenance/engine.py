@@ -685,7 +685,7 @@ def _traced_modules(
             continue
         if specs:
             traced[name] = _Traced(module, tracer, specs)
-            if getattr(tracer, "claims_children", False):
+            if tracer.claims_children:
                 claimed.append(name)
     return traced, untraceable
 

@@ -17,7 +17,7 @@ from .conv import ConvTracer, ConvTransposeTracer
 from .conv1d import Conv1DTracer
 from .embedding import EmbeddingBagTracer, EmbeddingTracer
 from .generic import GenericTracer
-from .linear import LinearTracer
+from .linear import BilinearTracer, LinearTracer
 from .norm import ChannelNormTracer, LayerNormTracer, RMSNormTracer
 
 #: The original artifact's traced families (``layers="paper"``): ``nn.Linear``,
@@ -40,7 +40,7 @@ TRACERS: tuple[LayerTracer, ...] = (
     ChannelNormTracer(),
     EmbeddingTracer(),
     EmbeddingBagTracer(),
-    GenericTracer((nn.Bilinear,)),
+    BilinearTracer(),
 )
 #: Named layer sets accepted by ``NeuronProvenance(layers=...)``.
 LAYER_SETS: dict[str, tuple[LayerTracer, ...]] = {
@@ -61,6 +61,7 @@ def find_tracer(
 
 __all__ = [
     "LAYER_SETS",
+    "BilinearTracer",
     "PAPER_TRACERS",
     "TRACERS",
     "ChannelNormTracer",

@@ -53,6 +53,7 @@ class MultiheadAttentionTracer(LayerTracer):
     """Tracer for ``nn.MultiheadAttention`` (both ``batch_first`` settings)."""
 
     name = "MultiheadAttention"
+    claims_children = True
 
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` belongs to this family."""

@@ -165,6 +165,8 @@ class LayerTracer(ABC):
 
     #: Human-readable family name used in reports and errors.
     name: str = ""
+    #: Whether the module's submodules belong to it (not traced on their own).
+    claims_children: bool = False
 
     def __init__(self, *, parametrized: bool = True) -> None:
         self.parametrized = parametrized

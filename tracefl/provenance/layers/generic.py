@@ -1,7 +1,7 @@
 """The generic path: per-input parameter gradients with ``torch.func``.
 
-For a module whose output is linear in all of its parameters jointly (``nn.Bilinear``
-or a user's own layer), Eq. 5 equals ``<dy_b/d theta, theta_k>``. The module is
+For a module whose output is linear in all of its parameters jointly (a user's
+own layer), Eq. 5 equals ``<dy_b/d theta, theta_k>``. The module is
 re-run on each input alone (``vmap`` over the batch, every tensor restored to a
 batch of one in its own layout) and ``grad`` of ``<c_b, module(z_b)>`` gives the
 per-input gradient of every parameter; one product per parameter with the

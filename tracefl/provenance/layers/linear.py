@@ -143,3 +143,45 @@ class LinearTracer(LayerTracer):
             workspace,
             transposed=self.transposed,
         )
+
+
+class BilinearTracer(LayerTracer):
+    """Tracer for ``nn.Bilinear``: ``o = x1 @ W @ x2 + b``, ``W`` ``(out, in1, in2)``.
+
+    Per-input weight gradient ``G[b] = sum_r c[b, r] (x) x1[b, r] (x) x2[b, r]``
+    then one ``(B, P) x (P, K_c)`` product.
+    """
+
+    name = "Bilinear"
+
+    def matches(self, module: nn.Module) -> bool:
+        """Whether ``module`` belongs to this family."""
+        return isinstance(module, nn.Bilinear)
+
+    def layout_keys(self, call: ModuleCall) -> tuple[str, ...]:
+        """Both inputs and the output."""
+        return ("arg0", "arg1", "out0")
+
+    def contractions(
+        self,
+        call: ModuleCall,
+        layers: tuple[LayerSpec, ...],
+        num_clients: int,
+        workspace: Workspace,
+    ) -> Iterator[Contraction]:
+        """One contraction per call; see :meth:`LayerTracer.contractions`."""
+        (spec,) = layers
+        x1, x2, c = call.rows("arg0"), call.rows("arg1"), call.rows("out0")
+        b = c.shape[0]
+        grad = torch.einsum("bro,bri,brj->boij", c, x1, x2).reshape(b, -1)
+        c_sum = c.sum(1) if len(spec.params) > 1 else None
+
+        def fn(params: Sequence[Tensor]) -> Tensor:
+            w = params[0]
+            out = grad @ w.reshape(w.shape[0], -1).T
+            if c_sum is not None:
+                out = out + c_sum @ params[1].T
+            return out
+
+        views = tuple(ParamView(key) for key in spec.params)
+        yield Contraction(0, views, fn, nbytes(grad))
