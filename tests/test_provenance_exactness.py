@@ -56,6 +56,7 @@ def test_engine_equals_oracle(setups, name: str, scale: bool, enable_beta: bool)
         inputs,
         enable_beta=enable_beta,
         scale_by_data_share=scale,
+        layers="all",
     )
     _assert_matches_oracle(result, oracle)
     assert list(result.layer_names) == layer_names

@@ -197,7 +197,7 @@ def check_input_dtype(inputs: Inputs, model: nn.Module, dtype: torch.dtype) -> N
             f"parameters are {dtype} (inputs: {describe_inputs(inputs)})"
         )
     if not inputs.is_floating_point() and not any(
-        isinstance(m, nn.Embedding) for m in model.modules()
+        isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules()
     ):
         raise ProvenanceInputError(
             f"inputs have non-floating dtype {inputs.dtype} but the model has no "
@@ -256,3 +256,20 @@ def resolve_targets(target: Tensor | int | None, logits: Tensor, start: int) -> 
             f"for a model with {num_classes} classes (0..{num_classes - 1})"
         )
     return chosen.to(logits.device)
+
+
+def culprit(err: BaseException, model: nn.Module) -> str:
+    """`` in module 'name' (Type)``: where in ``model`` ``err`` was raised.
+
+    The innermost module whose ``forward`` was running, or ``""``.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    found = ""
+    tb = err.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            name = names[id(owner)] or "<root>"
+            found = f" in module '{name}' ({type(owner).__name__})"
+        tb = tb.tb_next
+    return found
