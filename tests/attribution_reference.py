@@ -46,25 +46,29 @@ def parameter_names(model: nn.Module, layers: str) -> list[str]:
     """Names of the parameters a method reads.
 
     ``paper``: weight and bias of the paper's layer types, listed here;
-    ``all``: those of every module a tracer of the engine's ``"all"`` set
-    claims (which families exist is the engine's choice; the math is checked
-    here).
+    ``all``: the parameters of the layers the engine's ``"all"`` tracers declare
+    (which families exist is the engine's choice; the math is checked here).
     """
-    if layers == "all":
-        from tracefl.provenance.layers import LAYER_SETS
+    if layers == "paper":
+        names = []
+        for mod_name, module in _traced_modules(model):
+            for p in ("weight", "bias"):
+                if isinstance(getattr(module, p, None), nn.Parameter):
+                    names.append(f"{mod_name}.{p}" if mod_name else p)
+        return names
+    from tracefl.provenance.layers import LAYER_SETS, find_tracer
 
-        modules = [
-            (name, m)
-            for name, m in model.named_modules()
-            if any(t.matches(m) for t in LAYER_SETS["all"])
-        ]
-    else:
-        modules = _traced_modules(model)
-    names = []
-    for mod_name, module in modules:
-        for p in ("weight", "bias"):
-            if isinstance(getattr(module, p, None), nn.Parameter):
-                names.append(f"{mod_name}.{p}" if mod_name else p)
+    names, claimed = [], []
+    for mod_name, module in model.named_modules():
+        if any(mod_name.startswith(c + ".") for c in claimed):
+            continue
+        tracer = find_tracer(module, LAYER_SETS["all"])
+        if tracer is None:
+            continue
+        if tracer.claims_children:
+            claimed.append(mod_name)
+        for spec in tracer.layers(module, mod_name):
+            names.extend(spec.params)
     return names
 
 
@@ -84,7 +88,7 @@ def reference_scores(
     inputs: Tensor | Mapping[str, Tensor],
     targets: Sequence[int],
     objective: str,
-    layers: str = "paper",
+    layers: str,
 ) -> Tensor:
     """``(B, K)``: ``sum_p <df/dp, P_k[p]>`` per input, at ``model``."""
     model = copy.deepcopy(model).eval()

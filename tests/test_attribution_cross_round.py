@@ -32,6 +32,9 @@ LABELS = {"a": [0, 1], "b": [1, 2, 3], "c": [3], "d": [0, 2], "e": [2]}
 SCHEDULE = [["a", "b", "c", "d"], ["b", "c", "d", "e"], ["a", "b", "c", "e"]]
 
 
+ALL = ("log_softmax", "all")  # objective and layer set of the defaults
+
+
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
@@ -114,8 +117,8 @@ def test_online_with_per_coordinate_shares_uses_the_fused_updates() -> None:
     rnd, model = masked_round(tiny_bert(), 3, seed=6)
     online = CrossRoundOnline(x, y, include_server=False)
     online.observe(rnd, model)
-    ref_w = reference_scores(model, rnd.fused_updates(), x, [0, 1, 2], "log_softmax")
-    ref_r = reference_scores(model, rnd.updates(), x, [0, 1, 2], "log_softmax")
+    ref_w = reference_scores(model, rnd.fused_updates(), x, [0, 1, 2], *ALL)
+    ref_r = reference_scores(model, rnd.updates(), x, [0, 1, 2], *ALL)
     torch.testing.assert_close(online.result().scores, ref_w, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(
         online.result(fusion_weighted=False).scores, ref_r, rtol=1e-8, atol=1e-10

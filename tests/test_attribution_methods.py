@@ -66,6 +66,7 @@ def test_paper_on_fedavg_equals_the_engine_exactly(cnn_rounds, scale: bool) -> N
         list(rnd.num_examples),
         list(rnd.client_ids),
         scale_by_data_share=scale,
+        layers="paper",  # the engine as it was before the layer families grew
     ).attribute(x)
     out = PaperMethod(scale_by_data_share=scale).attribute(rnd, model, x)
     k = rnd.num_clients
@@ -164,6 +165,7 @@ def test_update_on_a_transformer_with_per_coordinate_shares(kind: str) -> None:
         x,
         [0, 2, 1],
         "log_softmax",
+        "all",
     )
     torch.testing.assert_close(out.scores, ref, rtol=1e-8, atol=1e-10)
     assert out.targets.tolist() == [0, 2, 1]

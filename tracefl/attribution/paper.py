@@ -53,6 +53,10 @@ class PaperMethod(RoundMethod):
         Layer weights ``beta_l = decay ** (L - 1 - l)``.
     include_server
         Also score the ``server``/``noise`` pseudo-clients (one more engine call).
+    layers
+        ``"paper"`` (default): the original artifact's layer families (Linear,
+        Conv2d, LayerNorm, GPT-2 Conv1D); ``"all"``: every family the engine
+        traces.
     device, chunk_size
         Passed to the engine.
 
@@ -67,6 +71,7 @@ class PaperMethod(RoundMethod):
         decay: float = 0.9,
         enable_beta: bool = True,
         include_server: bool = True,
+        layers: str = "paper",
         device: str | None = None,
         chunk_size: int = 32,
     ) -> None:
@@ -74,7 +79,7 @@ class PaperMethod(RoundMethod):
         self.include_server = bool(include_server)
         self.options = EngineOptions(
             objective="logit",
-            layers="paper",
+            layers=layers,
             decay=decay,
             enable_beta=enable_beta,
             device=device,
