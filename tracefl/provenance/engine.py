@@ -1,20 +1,22 @@
 """TraceFL neuron provenance (ICSE'25, Section IV, Algorithm 1), vectorised.
 
-For an input ``x`` the global model predicts ``y_hat = argmax(logits)`` and
-``y = logits[y_hat]`` (the raw logit). For every traced layer ``l`` (each
-``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm`` and transformers' GPT-2 ``Conv1D``
-called during the forward pass, in order of execution), with ``z_l`` the global
-model's input to the layer and ``c_l = dy/d(layer output)``, client ``k``
-contributes ::
+For an input ``x`` the global model gives logits ``z``; ``y`` is the objective
+of the target class ``t`` (by default the predicted class and the raw logit
+``z[t]``, the paper's definition; see :mod:`tracefl.provenance.objective`). For
+every traced layer ``l`` (the layer families of ``layers=``: by default every
+layer whose output is linear in its parameters; see
+:mod:`tracefl.provenance.layers`), with ``z_l`` the global model's input to the
+layer and ``c_l = dy/d(layer output)``, client ``k`` contributes ::
 
-    t_{l,k} = sum_j c_l[j] * layer_l(z_l; W_k, b_k)[j]        (Eq. 5)
+    t_{l,k} = sum_j c_l[j] * layer_l(z_l; theta_{l,k})[j]        (Eq. 5)
 
-(``j`` runs over every output element: channel x position, token x feature).
-``T_k = sum_l beta_l * p_k^s * t_{l,k}`` with ``beta_l = decay**(L-1-l)`` (``1``
-when ``enable_beta=False``) and ``p_k = n_k / sum(n)`` when
-``scale_by_data_share`` (``s = 1``, otherwise ``s = 0``). Since each layer output
-is linear in its parameters, scaling the parameters by ``p_k`` (as in the paper)
-equals scaling ``t_{l,k}`` by ``p_k``, which is what we do. ``probs =
+(``j`` runs over every output element: channel x position, token x feature), a
+layer used several times in a forward pass summing its uses. ``T_k = sum_l beta_l
+* p_k^s * t_{l,k}`` with ``beta_l = decay**(L-1-l)`` over the ``L`` layers in
+order of first use (``1`` when ``enable_beta=False``) and ``p_k = n_k / sum(n)``
+when ``scale_by_data_share`` (``s = 1``, otherwise ``s = 0``). Since each layer
+output is linear in its parameters, scaling the parameters by ``p_k`` (as in the
+paper) equals scaling ``t_{l,k}`` by ``p_k``, which is what we do. ``probs =
 softmax(T)`` (Eq. 7) and the traced client is ``argmax(T)``.
 
 How it is computed (same math, different evaluation order):
@@ -24,59 +26,95 @@ How it is computed (same math, different evaluation order):
    mode). Gradients are taken w.r.t. the *gradient edge* of each layer output as
    recorded when the layer ran, so a later in-place op (``ReLU(inplace=True)``)
    does not change ``c_l``. No ``.grad`` of the user's model is touched.
-2. Per layer, ``t_{l,k}`` for all inputs and clients is one batched product with
-   the ``K`` clients' parameters, stacked once per engine (i.e. per round); see
-   :mod:`tracefl.provenance.layers` for the per-family kernels and the shape-based
-   choice between the per-sample-gradient and the stacked-weights forms.
-3. The batch is processed in chunks of ``chunk_size`` inputs to bound memory;
-   large temporaries (per-sample gradients, unfolded patches) live in buffers
-   reused across layers and calls, so one engine must not be used from several
-   threads at once.
+2. Each layer tensor's batch layout is found (once per input shape) from a probe
+   pass on one input (:mod:`tracefl.provenance.layout`); outputs shared by all
+   inputs get per-input gradients at their consumers
+   (:mod:`tracefl.provenance.shared`).
+3. Per layer use, ``t_{l,k}`` for all inputs and a chunk of clients is one
+   batched product with the clients' parameters, gathered chunk by chunk from
+   the clients' own tensors (:mod:`tracefl.provenance.clients`).
+4. The batch is processed in chunks of ``chunk_size`` inputs to bound memory;
+   large temporaries live in buffers reused across layers and calls, so one
+   engine must not be used from several threads at once.
 
-Deviation from the original artifact: the original TraceFL traced a BERT's
-``BertLayer`` blocks as whole units. We trace their inner affine layers
-(``nn.Linear`` and ``nn.LayerNorm``, plus the embedding LayerNorm, pooler and
-classifier) instead, which keeps every traced computation exactly linear in the
-client parameters and so the attribution exact. Not traced: BatchNorm,
-embeddings, parameter-free layers (e.g. ``LayerNorm(elementwise_affine=False)``).
-
-A traced module called more than once per forward (weight sharing in time) is
-rejected with :class:`ProvenanceInputError`; its ``z_l`` would be ambiguous.
+A coverage report (:class:`~tracefl.provenance.result.CoverageReport`) says
+which parameters were not traced and how much of ``|<theta, dy/dtheta>|`` they
+hold.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from .layers import TRACERS, LayerTracer, StackedParams, Workspace, find_tracer
+from .call import ModuleCall
+from .clients import ClientParams, raw_keys
+from .coverage import coverage_report, plan_coverage
+from .layers import LAYER_SETS, TRACERS, LayerSpec, LayerTracer, Workspace, find_tracer
+from .layers.base import UntraceableError, nbytes
+from .layout import BatchLayout, find_layout
+from .objective import check_objective, objective_values
 from .result import ProvenanceResult
+from .shared import (
+    Consumer,
+    ConsumerPlan,
+    batched_edges,
+    match_consumers,
+    per_input_grads,
+    plan_of,
+    rematch,
+)
 from .validation import (
     Inputs,
     ProvenanceInputError,
+    Target,
     batch_size_of,
     check_finite_state,
     check_input_dtype,
+    check_target,
     client_state,
+    culprit,
     describe_inputs,
+    resolve_targets,
     validate_client_ids,
     validate_client_weights,
 )
 
 
-@dataclass
-class _Record:
-    """What the forward hook captures for one traced layer call."""
+@dataclass(frozen=True)
+class _Traced:
+    """A traced module: its tracer and its layers."""
 
-    name: str
-    z: Tensor
-    z_version: int
-    edge: GradientEdge
+    module: nn.Module
+    tracer: LayerTracer
+    layers: tuple[LayerSpec, ...]
+
+
+@dataclass
+class _Plan:
+    """Batch layouts of one input shape, cached per engine (no tensors held)."""
+
+    names: tuple[str, ...]
+    layouts: list[dict[str, BatchLayout]]
+    shapes: list[dict[str, tuple[int, ...]]]
+    consumers: dict[tuple[int, int], tuple[ConsumerPlan, ...]]
+
+
+@dataclass
+class _Chunk:
+    """What one chunk of inputs contributes to the result."""
+
+    contrib: Tensor  # (B, L, K + 1) float64, unweighted t_{l,k}; column K: global
+    names: tuple[str, ...]
+    predicted: Tensor
+    targets: Tensor
+    peak: int
+    untraced_signal: dict[str, float] = field(default_factory=dict)
 
 
 class NeuronProvenance:
@@ -88,8 +126,14 @@ class NeuronProvenance:
         The aggregated model. It is put in eval mode during :meth:`attribute`
         (its training flag and ``requires_grad`` flags are restored afterwards).
     client_models
-        ``K`` client models of the global model's class, or their state dicts
-        (every parameter of the global model must be present; buffers optional).
+        ``K >= 1`` parameter sets of the global model's shapes: client models of
+        its class, or state dicts. A set may be anything with those shapes, e.g.
+        an update ``theta_k - theta_{t-1}``, a share-weighted ``A_k * theta_k``
+        or a residual; it must hold every traced parameter (raw tensors of
+        parametrised weights), finite; other parameters and buffers may be
+        omitted: normalisation statistics always come from the global model.
+        The engine keeps references to these tensors (no copy unless the device
+        or dtype differs): do not modify them while the engine is in use.
     client_weights
         ``K`` positive finite numbers of training samples ``n_k`` (always
         required; used when ``scale_by_data_share``).
@@ -102,14 +146,27 @@ class NeuronProvenance:
     scale_by_data_share
         Multiply client ``k``'s contribution by ``p_k = n_k / sum(n)`` (run-config
         ``client-weights-normalization``).
+    objective
+        What ``y`` is, see :mod:`tracefl.provenance.objective`: ``"logit"`` (the
+        paper), ``"log_softmax"`` or ``"margin"``.
+    layers
+        Traced layer families: ``"all"`` (every family the engine knows, the
+        default), ``"paper"`` (the original artifact's Linear, Conv2d, LayerNorm
+        and GPT-2 Conv1D, with plain weights) or a tuple of
+        :class:`~tracefl.provenance.layers.LayerTracer` (``"custom"``).
     device
         Where to compute. Defaults to the global model's device. If it differs,
         a private copy of the global model is moved there (the user's module is
         never moved).
     chunk_size
         Number of inputs per forward/backward chunk (bounds peak memory).
-    tracers
-        Layer families to trace (default: the explicit registry ``TRACERS``).
+    client_chunk_size
+        Number of parameter sets gathered at once per layer (``None``: all
+        ``K`` plus the global model). Bounds the gathered buffer to this many
+        times the largest layer.
+    untraced_warning_threshold
+        Warn (:class:`~tracefl.provenance.ProvenanceCoverageWarning`) when more
+        than this share of the signal is in untraced parameters.
 
     """
 
@@ -123,9 +180,12 @@ class NeuronProvenance:
         decay: float = 0.9,
         enable_beta: bool = True,
         scale_by_data_share: bool = False,
+        objective: str = "logit",
+        layers: str | tuple[LayerTracer, ...] = "all",
         device: str | torch.device | None = None,
         chunk_size: int = 32,
-        tracers: tuple[LayerTracer, ...] = TRACERS,
+        client_chunk_size: int | None = None,
+        untraced_warning_threshold: float = 0.05,
     ) -> None:
         if not isinstance(global_model, nn.Module):
             raise ProvenanceInputError(
@@ -141,17 +201,28 @@ class NeuronProvenance:
             raise ProvenanceInputError("at least one client model is required")
         if not (isinstance(decay, (int, float)) and 0 < float(decay) < float("inf")):
             raise ProvenanceInputError(f"decay must be a positive number, got {decay}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise ProvenanceInputError(f"chunk_size must be an int, got {chunk_size!r}")
-        if chunk_size < 1:
-            raise ProvenanceInputError(f"chunk_size must be >= 1, got {chunk_size}")
-
+        self.chunk_size = _positive_int(chunk_size, "chunk_size")
+        self.client_chunk_size = (
+            None
+            if client_chunk_size is None
+            else _positive_int(client_chunk_size, "client_chunk_size")
+        )
+        if not (
+            isinstance(untraced_warning_threshold, (int, float))
+            and 0 <= float(untraced_warning_threshold) <= 1
+        ):
+            raise ProvenanceInputError(
+                "untraced_warning_threshold must be in [0, 1], got "
+                f"{untraced_warning_threshold!r}"
+            )
+        self.untraced_warning_threshold = float(untraced_warning_threshold)
+        self.objective = check_objective(objective)
+        self.layer_set, tracers = _layer_set(layers)
         self.client_ids = validate_client_ids(client_ids, len(client_models))
         self.client_weights = validate_client_weights(client_weights, self.client_ids)
         self.decay = float(decay)
         self.enable_beta = bool(enable_beta)
         self.scale_by_data_share = bool(scale_by_data_share)
-        self.chunk_size = chunk_size
 
         params = list(global_model.parameters())
         if not params:
@@ -165,48 +236,44 @@ class NeuronProvenance:
 
         global_state = global_model.state_dict()
         check_finite_state(global_state, "global model")
-        param_names = {
-            n for n, _ in global_model.named_parameters(remove_duplicate=False)
-        }
-        shapes = {n: t.shape for n, t in global_state.items()}
-
-        # Traced modules and their tracers (order fixed later by the forward pass).
-        self._modules: dict[str, tuple[nn.Module, LayerTracer]] = {}
-        for name, module in global_model.named_modules():
-            tracer = find_tracer(module, tracers)
-            if tracer is None or not isinstance(
-                getattr(module, "weight", None), nn.Parameter
-            ):
-                continue
-            tracer.check_supported(module, name)
-            self._modules[name] = (module, tracer)
-        if not self._modules:
+        self._traced, untraceable = _traced_modules(global_model, tracers)
+        if not self._traced:
             raise ProvenanceInputError(
-                "global model has no traced layers (Linear, Conv2d, LayerNorm, "
-                "Conv1D with parameters)"
+                f"global model has no traced layers in the {self.layer_set!r} layer "
+                "set (modules with parameters a tracer knows)"
             )
-
+        self._coverage = plan_coverage(
+            global_model,
+            {n: (t.tracer, t.layers) for n, t in self._traced.items()},
+            untraceable,
+            self.layer_set,
+            TRACERS,
+        )
+        keys = [k for t in self._traced.values() for s in t.layers for k in s.params]
+        keys = list(dict.fromkeys(keys))
+        required = {r for k in keys for r in raw_keys(global_model, k)}
+        shapes = {n: t.shape for n, t in global_state.items()}
         states = [
-            client_state(c, global_model, shapes, param_names, cid)
+            client_state(c, global_model, shapes, required, cid)
             for c, cid in zip(client_models, self.client_ids, strict=True)
         ]
-        # Stack each traced layer's client parameters once: (K, *param.shape).
-        self._stacked: dict[str, StackedParams] = {}
-        for name, (module, tracer) in self._modules.items():
-            stacked = {}
-            for pname in tracer.param_names(module):
-                key = f"{name}.{pname}" if name else pname
-                stacked[pname] = torch.stack(
-                    [s[key].detach().to(self.device, self.dtype) for s in states]
-                )
-            self._stacked[name] = StackedParams(stacked["weight"], stacked.get("bias"))
+        self._params = ClientParams(
+            global_model, states, self.client_ids, keys, self.device, self.dtype
+        )
+        self._numel = {k: self._params.sets[-1][k].numel() for k in keys}
+        self._layer_owner = {s.name: t for t in self._traced.values() for s in t.layers}
         n = torch.tensor(self.client_weights, dtype=torch.float64)
         self._data_share = n / n.sum()
         self._workspace = Workspace()
+        self._plans: dict[tuple, _Plan] = {}
 
     # ------------------------------------------------------------------ public
     def attribute(
-        self, inputs: Inputs, *, return_per_layer: bool = False
+        self,
+        inputs: Inputs,
+        *,
+        target: Target = None,
+        return_per_layer: bool = False,
     ) -> ProvenanceResult:
         """Attribute the global model's prediction on each input to the clients.
 
@@ -214,22 +281,39 @@ class NeuronProvenance:
         ----------
         inputs
             ``(B, ...)`` tensor passed as ``model(inputs)``, or a mapping of
-            ``(B, ...)`` tensors passed as ``model(**inputs)``.
+            ``(B, ...)`` tensors passed as ``model(**inputs)``; the batch is
+            dimension 0 of every input (inside the model, layers may use any
+            layout).
+        target
+            The class whose ``y`` is traced: ``None`` (the predicted class), an
+            ``int`` (the same class for every input) or a ``(B,)`` integer tensor
+            (one class per input, e.g. the true labels). Every class must be in
+            ``0..C-1``.
         return_per_layer
             Also return the ``(B, L, K)`` beta-weighted per-layer terms.
 
         Returns
         -------
         ProvenanceResult
-            ``scores``/``probs`` ``(B, K)`` float64, ``traced`` and
-            ``predicted_labels`` ``(B,)`` int64. ``peak_memory_bytes`` is, on CUDA,
-            ``torch.cuda.max_memory_allocated`` over the call; on CPU, an estimate:
-            stacked client parameters + for the largest chunk the captured layer
-            inputs and output gradients + the largest per-layer temporary
-            (autograd's own saved activations are not counted).
+            ``scores``/``probs`` ``(B, K)`` float64, ``traced``,
+            ``predicted_labels`` and ``targets`` ``(B,)`` int64, the coverage
+            report. ``peak_memory_bytes`` is, on CUDA,
+            ``torch.cuda.max_memory_allocated`` over the call; on CPU, an
+            estimate of the engine's own allocations: for the largest chunk the
+            captured layer inputs and output gradients, plus the reused buffers
+            (per-sample gradients, patches, gathered client parameters) and the
+            largest other temporary (autograd's saved activations are not
+            counted).
+
+        Raises
+        ------
+        ProvenanceInputError
+            For bad inputs or targets, and for any exception raised inside the
+            model's forward pass (naming the innermost module running).
 
         """
         batch = batch_size_of(inputs)
+        checked_target = check_target(target, batch)
         check_input_dtype(inputs, self.model, self.dtype)
         inputs = _to_device(inputs, self.device)
         cuda = self.device.type == "cuda"
@@ -244,13 +328,21 @@ class NeuronProvenance:
             for p, _ in saved_flags:
                 if p.is_floating_point():
                     p.requires_grad_(True)
-            parts, preds, names, chunk_peak = self._attribute(inputs, batch)
+            chunks = self._attribute(inputs, batch, checked_target)
         finally:
             for p, flag in saved_flags:
                 p.requires_grad_(flag)
             model.train(was_training)
+        return self._result(chunks, cuda, return_per_layer)
 
-        per_layer = torch.cat(parts)  # (B, L, K) float64, unweighted t_{l,k}
+    # ----------------------------------------------------------------- private
+    def _result(
+        self, chunks: list[_Chunk], cuda: bool, return_per_layer: bool
+    ) -> ProvenanceResult:
+        contrib = torch.cat([c.contrib for c in chunks])  # (B, L, K + 1)
+        names = chunks[0].names
+        k = len(self.client_ids)
+        per_layer = contrib[..., :k]
         n_layers = per_layer.shape[1]
         if self.enable_beta:
             exponents = torch.arange(n_layers - 1, -1, -1, dtype=torch.float64)
@@ -265,71 +357,88 @@ class NeuronProvenance:
         if cuda:
             peak = int(torch.cuda.max_memory_allocated(self.device))
         else:
-            peak = chunk_peak + sum(s.nbytes for s in self._stacked.values())
+            peak = max(c.peak for c in chunks)
+        global_signal = contrib[..., k].sum(0).tolist()
+        ran = {}
+        for name, signal in zip(names, global_signal, strict=True):
+            traced = self._layer_owner[name]
+            spec = next(s for s in traced.layers if s.name == name)
+            ran[name] = (
+                type(traced.module).__name__,
+                traced.tracer.name,
+                sum(self._numel[key] for key in spec.params),
+                signal,
+            )
+        untraced: dict[str, float] = {}
+        for c in chunks:
+            for key, value in c.untraced_signal.items():
+                untraced[key] = untraced.get(key, 0.0) + value
+        coverage = coverage_report(
+            self._coverage,
+            ran,
+            untraced,
+            self.layer_set,
+            self.untraced_warning_threshold,
+        )
         return ProvenanceResult(
             scores=scores,
             probs=torch.softmax(scores, dim=1),
             traced=scores.argmax(1),
             client_ids=self.client_ids,
-            predicted_labels=torch.cat(preds),
+            predicted_labels=torch.cat([c.predicted for c in chunks]),
+            targets=torch.cat([c.targets for c in chunks]),
+            objective=self.objective,
+            layer_set=self.layer_set,
             layer_names=names,
             per_layer=per_layer if return_per_layer else None,
             peak_memory_bytes=peak,
+            coverage=coverage,
         )
 
-    # ----------------------------------------------------------------- private
     def _attribute(
-        self, inputs: Inputs, batch: int
-    ) -> tuple[list[Tensor], list[Tensor], tuple[str, ...], int]:
-        parts: list[Tensor] = []
-        preds: list[Tensor] = []
-        names: tuple[str, ...] | None = None
-        peak = 0
+        self, inputs: Inputs, batch: int, target: Tensor | int | None
+    ) -> list[_Chunk]:
+        chunks: list[_Chunk] = []
         for start in range(0, batch, self.chunk_size):
             chunk = _slice(inputs, start, start + self.chunk_size)
-            contrib, pred, chunk_names, chunk_peak = self._attribute_chunk(chunk)
-            if names is None:
-                names = chunk_names
-            elif names != chunk_names:
+            result = self._attribute_chunk(chunk, target, start)
+            if chunks and result.names != chunks[0].names:
                 raise ProvenanceInputError(
                     "the traced layers differ between chunks of the batch; the "
                     "model's control flow must not depend on the input"
                 )
-            parts.append(contrib)
-            preds.append(pred)
-            peak = max(peak, chunk_peak)
-        assert names is not None
-        return parts, preds, names, peak
+            chunks.append(result)
+        return chunks
 
-    def _attribute_chunk(
-        self, inputs: Inputs
-    ) -> tuple[Tensor, Tensor, tuple[str, ...], int]:
-        """Return ``(B, L, K)`` float64 contributions and ``(B,)`` predictions."""
-        records: list[_Record] = []
-        seen: set[str] = set()
+    def _forward(self, inputs: Inputs) -> tuple[object, list[ModuleCall]]:
+        """Run the model with every traced module recorded (hooks always removed)."""
+        calls: list[ModuleCall] = []
 
         def make_hook(name: str):
             def hook(module, args, kwargs, output):
-                if name in seen:
-                    raise ProvenanceInputError(
-                        f"traced layer '{name}' is called more than once per "
-                        "forward pass; shared layers are not supported"
-                    )
-                seen.add(name)
-                z = args[0] if args else next(iter(kwargs.values()))
-                if not isinstance(output, Tensor) or not output.requires_grad:
-                    raise ProvenanceInputError(
-                        f"traced layer '{name}' did not return a differentiable tensor"
-                    )
-                records.append(_Record(name, z, z._version, get_gradient_edge(output)))
+                outs = _tensor_outputs(output)
+                edges = tuple(
+                    get_gradient_edge(o) if o.requires_grad else None for o in outs
+                )
+                call = ModuleCall(
+                    name, module, tuple(args), dict(kwargs), outs, edges, {}
+                )
+                call.versions = {
+                    key: t._version
+                    for key, t in call.tensors().items()
+                    if not key.startswith("out")
+                }
+                calls.append(call)
 
             return hook
 
         handles = []
         try:
-            for name, (module, _) in self._modules.items():
+            for name, traced in self._traced.items():
                 handles.append(
-                    module.register_forward_hook(make_hook(name), with_kwargs=True)
+                    traced.module.register_forward_hook(
+                        make_hook(name), with_kwargs=True
+                    )
                 )
             with torch.enable_grad():
                 try:
@@ -340,53 +449,319 @@ class NeuronProvenance:
                     )
                 except ProvenanceInputError:
                     raise
-                except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                except Exception as err:
                     raise ProvenanceInputError(
-                        f"global model failed on inputs ({describe_inputs(inputs)}): "
-                        f"{err}"
+                        f"global model failed on inputs ({describe_inputs(inputs)})"
+                        f"{culprit(err, self.model)}: {type(err).__name__}: {err}"
                     ) from err
         finally:
             for h in handles:
                 h.remove()
+        return out, calls
 
+    def _attribute_chunk(
+        self, inputs: Inputs, target: Tensor | int | None, start: int
+    ) -> _Chunk:
+        out, calls = self._forward(inputs)
         logits = _logits(out)
-        if not records:
+        if not calls:
             raise ProvenanceInputError(
-                "no traced layer (Linear, Conv2d, LayerNorm, Conv1D) ran in the "
-                "forward pass"
+                "no traced layer ran in the forward pass (layer set "
+                f"{self.layer_set!r})"
             )
-        pred = logits.argmax(1)
-        y = logits.gather(1, pred[:, None]).sum()
-        grads = torch.autograd.grad(
-            y, [r.edge for r in records], allow_unused=True, materialize_grads=False
-        )
-        del out, logits, y
+        pred = logits.detach().argmax(1)
+        chosen = resolve_targets(target, logits, start)
+        y = objective_values(logits, chosen, self.objective).sum()
+        if y.grad_fn is None:
+            raise ProvenanceInputError(
+                "the model's logits do not depend on its parameters"
+            )
+        batch = pred.shape[0]
+        consumers = self._layouts(inputs, calls, logits, batch)
+        del out
 
-        b = pred.shape[0]
-        k = len(self.client_ids)
+        ran = {s.name for call in calls for s in self._traced[call.name].layers}
+        untraced = [i for i in self._coverage if not set(i.layers) & ran]
+        output_edges = [
+            (ci, oj, edge)
+            for ci, call in enumerate(calls)
+            for oj, edge in enumerate(call.edges)
+            if edge is not None and (ci, oj) not in consumers
+        ]
+        consumer_edges = [e for cs in consumers.values() for e in batched_edges(cs)]
+        wanted: list[GradientEdge | Tensor] = [e for _, _, e in output_edges]
+        wanted += consumer_edges
+        wanted += [i.tensor for i in untraced]
+        grads = torch.autograd.grad(
+            y,
+            wanted,
+            allow_unused=True,
+            materialize_grads=False,
+            retain_graph=bool(consumers),
+        )
+        n_out, n_cons = len(output_edges), len(consumer_edges)
+        for call in calls:
+            call.grads = [None] * len(call.outputs)
+            call.batch = batch
+        for (ci, oj, _), g in zip(output_edges, grads[:n_out], strict=True):
+            calls[ci].grads[oj] = g
+        by_node = {
+            (id(e.node), e.output_nr): g
+            for e, g in zip(consumer_edges, grads[n_out : n_out + n_cons], strict=True)
+        }
+        with torch.no_grad():
+            for (ci, oj), cs in consumers.items():
+                shape = tuple(calls[ci].outputs[oj].shape)
+                calls[ci].grads[oj] = per_input_grads(cs, by_node, shape, batch)
+            untraced_signal = {
+                i.name: float((i.tensor.detach() * g).sum())
+                for i, g in zip(untraced, grads[n_out + n_cons :], strict=True)
+                if g is not None
+            }
+        del grads, by_node, consumers, y, logits, wanted, consumer_edges
+        for call in calls:  # release the autograd graph
+            call.args = tuple(_detach(a) for a in call.args)
+            call.kwargs = {k: _detach(v) for k, v in call.kwargs.items()}
+            call.outputs = tuple(o.detach() for o in call.outputs)
+            call.edges = ()
+        contrib, names, peak = self._contributions(calls, batch)
+        return _Chunk(contrib, names, pred, chosen, peak, untraced_signal)
+
+    def _contributions(
+        self, calls: list[ModuleCall], batch: int
+    ) -> tuple[Tensor, tuple[str, ...], int]:
+        """``(B, L, K + 1)`` float64 contributions of every layer use."""
+        positions: dict[str, int] = {}
+        for call in calls:
+            for spec in self._traced[call.name].layers:
+                positions.setdefault(spec.name, len(positions))
+        sets = self._params.num_sets
+        step = min(self.client_chunk_size or sets, sets)
         contrib = torch.zeros(
-            b, len(records), k, dtype=torch.float64, device=self.device
+            batch, len(positions), sets, dtype=torch.float64, device=self.device
         )
         captured = 0
-        largest_temp = 0
+        largest = 0
         with torch.no_grad():
-            for li, (rec, c) in enumerate(zip(records, grads, strict=True)):
-                captured += _nbytes(rec.z) + (_nbytes(c) if c is not None else 0)
-                if c is None:  # the layer does not influence y
-                    continue
-                if rec.z._version != rec.z_version:
+            for call in calls:
+                captured += sum(nbytes(t) for t in call.tensors().values())
+                captured += sum(nbytes(g) for g in call.grads if g is not None)
+                if all(g is None for g in call.grads):
+                    continue  # the layer does not influence y
+                call.check_unmodified()
+                traced = self._traced[call.name]
+                for contraction in traced.tracer.contractions(
+                    call, traced.layers, step, self._workspace
+                ):
+                    largest = max(largest, contraction.temp_bytes)
+                    column = positions[traced.layers[contraction.layer].name]
+                    for first in range(0, sets, step):
+                        last = min(first + step, sets)
+                        gathered = [
+                            self._params.gather(
+                                view, first, last, self._workspace, f"gather{i}"
+                            )
+                            for i, view in enumerate(contraction.views)
+                        ]
+                        t = contraction.fn(gathered)
+                        contrib[:, column, first:last] += t.to(torch.float64)
+        peak = captured + largest + self._workspace.nbytes + nbytes(contrib)
+        return contrib, tuple(positions), peak
+
+    def _layouts(
+        self, inputs: Inputs, calls: list[ModuleCall], logits: Tensor, batch: int
+    ) -> dict[tuple[int, int], list[Consumer]]:
+        """Set every call's layouts; return the consumers of shared outputs."""
+        key = _signature(inputs)
+        plan = self._plans.get(key)
+        consumers = None
+        if plan is not None and _fits(plan, calls, batch):
+            consumers = {}
+            for (ci, oj), known in plan.consumers.items():
+                what = f"output of layer '{calls[ci].name}'"
+                found = rematch([logits.grad_fn], calls[ci].edges[oj], known, what)
+                if found is None:
+                    consumers = None
+                    break
+                consumers[(ci, oj)] = found
+        if consumers is None:
+            plan, consumers = self._probe(inputs, calls, logits, batch)
+            self._plans[key] = plan
+        for call, layouts in zip(calls, plan.layouts, strict=True):
+            call.layouts = layouts
+        return consumers
+
+    def _probe(
+        self, inputs: Inputs, calls: list[ModuleCall], logits: Tensor, batch: int
+    ) -> tuple[_Plan, dict[tuple[int, int], list[Consumer]]]:
+        """Find layouts by comparing with a forward pass on one input (two if B=1)."""
+        probe_batch = 1 if batch > 1 else 2
+        probe_inputs = _slice(inputs, 0, 1) if batch > 1 else _repeat(inputs, 2)
+        probe_out, probe_calls = self._forward(probe_inputs)
+        names = tuple(c.name for c in calls)
+        if tuple(c.name for c in probe_calls) != names:
+            raise ProvenanceInputError(
+                "the traced layers run differ between a batch of "
+                f"{batch} and of {probe_batch} inputs; the model's control flow "
+                "must not depend on the batch size"
+            )
+        probe_root = _logits(probe_out).grad_fn
+        layouts: list[dict[str, BatchLayout]] = []
+        shapes: list[dict[str, tuple[int, ...]]] = []
+        consumers: dict[tuple[int, int], list[Consumer]] = {}
+        for ci, (call, probe_call) in enumerate(zip(calls, probe_calls, strict=True)):
+            tracer = self._traced[call.name].tracer
+            wanted = set(tracer.layout_keys(call)) | {
+                f"out{i}" for i, e in enumerate(call.edges) if e is not None
+            }
+            main_t, probe_t = call.tensors(), probe_call.tensors()
+            found = {}
+            for key in sorted(wanted):
+                if key not in main_t or key not in probe_t:
                     raise ProvenanceInputError(
-                        f"the input of traced layer '{rec.name}' was modified in place "
-                        "after the layer ran; z_l is no longer available"
+                        f"layer '{call.name}' was called with different arguments for "
+                        f"{batch} and {probe_batch} inputs ({key!r})"
                     )
-                module, tracer = self._modules[rec.name]
-                t, temp = tracer.contributions(
-                    module, rec.z, c, self._stacked[rec.name], self._workspace
+                what = f"{_describe(key)} of layer '{call.name}'"
+                found[key] = find_layout(
+                    main_t[key], probe_t[key], batch, probe_batch, what
                 )
-                largest_temp = max(largest_temp, temp)
-                contrib[:, li] = t.to(torch.float64)
-        names = tuple(r.name for r in records)
-        return contrib, pred.detach(), names, captured + largest_temp
+            for oj, edge in enumerate(call.edges):
+                probe_edge = (
+                    probe_call.edges[oj] if oj < len(probe_call.edges) else None
+                )
+                if edge is None or found[f"out{oj}"].kind != "shared":
+                    continue
+                if probe_edge is None or probe_root is None:
+                    raise ProvenanceInputError(
+                        f"output of layer '{call.name}' is not differentiable in the "
+                        "probe pass"
+                    )
+                consumers[(ci, oj)] = match_consumers(
+                    [logits.grad_fn],
+                    [probe_root],
+                    edge,
+                    probe_edge,
+                    batch,
+                    probe_batch,
+                    f"output of layer '{call.name}' (shared by all inputs)",
+                )
+            layouts.append(found)
+            shapes.append({k: tuple(main_t[k].shape) for k in found})
+        plan = _Plan(
+            names, layouts, shapes, {k: plan_of(v) for k, v in consumers.items()}
+        )
+        return plan, consumers
+
+
+def _traced_modules(
+    model: nn.Module, tracers: tuple[LayerTracer, ...]
+) -> tuple[dict[str, _Traced], dict[str, str]]:
+    """Traced modules with their layers, and modules a tracer refused (why)."""
+    traced: dict[str, _Traced] = {}
+    untraceable: dict[str, str] = {}
+    claimed: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            module.running_mean is None or module.running_var is None
+        ):
+            raise ProvenanceInputError(
+                f"{type(module).__name__} '{name}' has no running statistics "
+                "(track_running_stats=False): it normalises with batch statistics "
+                "even in eval mode, so an input's prediction depends on the other "
+                "inputs and cannot be attributed per input"
+            )
+        if any(name.startswith(f"{c}.") or c == "" for c in claimed):
+            continue
+        if ".parametrizations." in f".{name}." or name.endswith("parametrizations"):
+            continue
+        tracer = find_tracer(module, tracers)
+        if tracer is None:
+            continue
+        try:
+            specs = tracer.layers(module, name)
+        except UntraceableError as err:
+            untraceable[name] = err.reason
+            continue
+        if specs:
+            traced[name] = _Traced(module, tracer, specs)
+            if tracer.claims_children:
+                claimed.append(name)
+    return traced, untraceable
+
+
+def _layer_set(
+    layers: str | tuple[LayerTracer, ...],
+) -> tuple[str, tuple[LayerTracer, ...]]:
+    """``(name, tracers)`` for ``layers=``: a name of ``LAYER_SETS`` or tracers."""
+    if isinstance(layers, str):
+        if layers not in LAYER_SETS:
+            raise ProvenanceInputError(
+                f"layers={layers!r} is not one of {sorted(LAYER_SETS)} "
+                "(or a tuple of LayerTracer)"
+            )
+        return layers, LAYER_SETS[layers]
+    if (
+        not isinstance(layers, tuple)
+        or not layers
+        or not all(isinstance(t, LayerTracer) for t in layers)
+    ):
+        raise ProvenanceInputError(
+            f"layers must be one of {sorted(LAYER_SETS)} or a non-empty tuple of "
+            f"LayerTracer, got {layers!r}"
+        )
+    return "custom", layers
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProvenanceInputError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ProvenanceInputError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _fits(plan: _Plan, calls: list[ModuleCall], batch: int) -> bool:
+    """Whether a cached plan describes these calls (same layers, shapes fit)."""
+    if tuple(c.name for c in calls) != plan.names:
+        return False
+    for call, layouts, shapes in zip(calls, plan.layouts, plan.shapes, strict=True):
+        tensors = call.tensors()
+        for key, layout in layouts.items():
+            t = tensors.get(key)
+            if t is None:
+                return False
+            if layout.kind == "shared":
+                if tuple(t.shape) != shapes[key]:
+                    return False
+            elif (
+                t.dim() <= layout.dim
+                or t.shape[layout.dim] % batch
+                or layout.kind == "dim"
+                and t.shape[layout.dim] != batch
+            ):
+                return False
+    return True
+
+
+def _describe(key: str) -> str:
+    if key.startswith("arg"):
+        return f"argument {key[3:]}"
+    if key.startswith("kw:"):
+        return f"argument {key[3:]!r}"
+    return f"output {key[3:]}"
+
+
+def _tensor_outputs(output: object) -> tuple[Tensor, ...]:
+    if isinstance(output, Tensor):
+        return (output,)
+    if isinstance(output, (tuple, list)):
+        return tuple(o for o in output if isinstance(o, Tensor))
+    return ()
+
+
+def _detach(value: object) -> object:
+    return value.detach() if isinstance(value, Tensor) else value
 
 
 def _logits(out: object) -> Tensor:
@@ -408,17 +783,25 @@ def _logits(out: object) -> Tensor:
     return logits
 
 
+def _signature(inputs: Inputs) -> tuple:
+    if isinstance(inputs, Tensor):
+        return (tuple(inputs.shape[1:]), inputs.dtype)
+    return tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in inputs.items())
+
+
 def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
     if isinstance(inputs, Tensor):
         return inputs[start:stop]
     return {k: v[start:stop] for k, v in inputs.items()}
 
 
+def _repeat(inputs: Inputs, times: int) -> Inputs:
+    if isinstance(inputs, Tensor):
+        return torch.cat([inputs] * times)
+    return {k: torch.cat([v] * times) for k, v in inputs.items()}
+
+
 def _to_device(inputs: Inputs, device: torch.device) -> Inputs:
     if isinstance(inputs, Tensor):
         return inputs.to(device)
     return {k: v.to(device) for k, v in inputs.items()}
-
-
-def _nbytes(t: Tensor) -> int:
-    return t.numel() * t.element_size()

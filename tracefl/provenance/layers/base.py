@@ -1,26 +1,43 @@
 """Interface shared by the per-layer-family contribution kernels.
 
-A *tracer* computes, for a batch of inputs and the ``K`` clients at once,
+A traced *layer* is a set of parameters ``theta_l`` of one module such that some
+output ``o_l`` of that module is linear in them. For input ``b`` and parameter
+set (client) ``k`` a tracer computes ::
 
-    t[b, k] = sum_j c[b, j] * layer(z[b]; theta_k)[j]
+    t[b, k] = sum_j c_l[b, j] * o_l(z_l[b]; theta_{l,k})[j]            (Eq. 5)
+            = <dy_b / d theta_l, theta_{l,k}>
 
-where ``z`` is the global model's input to the layer, ``c = dy/d(layer output)``
-and ``theta_k`` the client's parameters. Every traced layer is affine in its
-parameters, so the same number is also ``<theta_k, dy/dtheta>[b]`` (the inner
-product with the per-sample parameter gradient). Tracers pick, from the shapes,
-the cheaper of the two evaluation orders ("grad" form: build per-sample gradients
-then one ``(B, P) x (P, K)`` product; "stack" form: run the layer once with all
-``K`` clients' weights stacked along the output dimension and contract with ``c``).
+with ``z_l`` the global model's input to the layer and ``c_l = dy/d o_l``. The
+second form (the per-input parameter gradient) follows from linearity and is
+what the generic path and the "grad" evaluation order use; the "stack" order
+re-runs the layer once with all ``K`` parameter sets stacked along its output
+dimension. Tracers pick the cheaper from the shapes.
+
+A module may hold several layers (``nn.MultiheadAttention``: the input and the
+output projection) and may be called several times per forward pass; its
+contributions are summed over its uses.
+
+How a tracer works: :meth:`LayerTracer.layers` lists the module's layers once,
+at set-up; for every recorded call :meth:`LayerTracer.contractions` yields
+:class:`Contraction` objects, each of which names the client parameter views it
+needs (:class:`ParamView`) and maps the gathered ``(K_c, ...)`` views of a chunk
+of ``K_c`` clients to ``(B, K_c)`` contributions. The engine gathers the views
+chunk by chunk, so client parameters are never stacked whole.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
+
+from ..call import ModuleCall
 
 # Cost-model constant: extra cost, in multiply-add units per element, charged to
 # the per-sample-gradient form for writing and re-reading its (B, P) buffer and
@@ -30,36 +47,79 @@ from torch import Tensor, nn
 GRAD_MEMORY_PENALTY = 16.0
 
 
-@dataclass
-class StackedParams:
-    """The ``K`` clients' parameters of one layer, stacked once per engine.
+class UntraceableError(Exception):
+    """A module a tracer matches but cannot trace exactly; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One traced layer.
 
     Attributes
     ----------
-    weight : Tensor
-        ``(K, *weight.shape)``.
-    bias : Tensor or None
-        ``(K, *bias.shape)``.
-    derived : dict
-        Lazily built alternative layouts (e.g. grouped-conv stacking), cached.
+    name
+        Qualified layer name: the module's name, or ``<module>.<part>`` for a
+        module holding several layers (``attn.in_proj``).
+    params
+        Qualified names of the layer's *effective* parameters as the module uses
+        them (``fc.weight`` also when ``weight`` is computed by a
+        parametrisation); see :class:`~tracefl.provenance.clients.ClientParams`.
 
     """
 
-    weight: Tensor
-    bias: Tensor | None
-    derived: dict[str, Tensor] = field(default_factory=dict)
-
-    @property
-    def num_clients(self) -> int:
-        """Number of clients ``K``."""
-        return self.weight.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        """Storage size of the stacked tensors (and derived layouts) in bytes."""
-        return nbytes(self.weight, self.bias, *self.derived.values())
+    name: str
+    params: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ParamView:
+    """Part of one effective parameter that a contraction needs from each client.
+
+    ``index`` is applied as ``param[index]``: ``None`` (all of it), a tuple of
+    slices (e.g. the kernel taps a convolution uses, a row block of a fused
+    weight), or a 1-d int64 tensor of rows (embedding lookups).
+    """
+
+    key: str
+    index: tuple[slice, ...] | Tensor | None = None
+
+    def apply(self, param: Tensor) -> Tensor:
+        """``param[index]``."""
+        if self.index is None:
+            return param
+        if isinstance(self.index, Tensor):
+            return param.index_select(0, self.index)
+        return param[self.index]
+
+
+@dataclass
+class Contraction:
+    """Contributions of one layer use, for any chunk of clients.
+
+    Attributes
+    ----------
+    layer
+        Index of the layer in the module's :meth:`LayerTracer.layers`.
+    views
+        Client parameter views ``fn`` needs, gathered as ``(K_c, *view_shape)``.
+    fn
+        Gathered views -> ``(B, K_c)`` contributions in the compute dtype.
+    temp_bytes
+        Largest temporary allocated (for the peak-memory estimate).
+
+    """
+
+    layer: int
+    views: tuple[ParamView, ...]
+    fn: Callable[[Sequence[Tensor]], Tensor]
+    temp_bytes: int = 0
+
+
+@dataclass
 class Workspace:
     """Scratch buffers reused across layers, chunks and calls.
 
@@ -69,8 +129,7 @@ class Workspace:
     2 cores). Not thread-safe: one engine computes one attribution at a time.
     """
 
-    def __init__(self) -> None:
-        self._buffers: dict[str, Tensor] = {}
+    _buffers: dict[str, Tensor] = field(default_factory=dict)
 
     def get(self, slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """Return an uninitialised contiguous tensor backed by buffer ``slot``.
@@ -96,59 +155,113 @@ class Workspace:
 
 
 class LayerTracer(ABC):
-    """One family of traced layers (``nn.Linear``, ``nn.Conv2d``, ...)."""
+    """One family of traced layers (``nn.Linear``, ``nn.Conv2d``, ...).
 
-    #: Human-readable family name used in error messages.
+    ``parametrized=False`` restricts the family to modules whose weights are
+    plain ``nn.Parameter`` (the original artifact's behaviour, ``layers="paper"``);
+    otherwise weights computed by ``torch.nn.utils.parametrize`` or the old
+    ``weight_norm`` hook are traced through their effective value.
+    """
+
+    #: Human-readable family name used in reports and errors.
     name: str = ""
+    #: Whether the module's submodules belong to it (not traced on their own).
+    claims_children: bool = False
+
+    def __init__(self, *, parametrized: bool = True) -> None:
+        self.parametrized = parametrized
 
     @abstractmethod
     def matches(self, module: nn.Module) -> bool:
         """Whether ``module`` belongs to this family."""
 
-    def check_supported(self, module: nn.Module, qualname: str) -> None:
-        """Raise :class:`ProvenanceInputError` for unsupported configurations."""
-        return None
+    def layers(self, module: nn.Module, qualname: str) -> tuple[LayerSpec, ...]:
+        """The module's traced layers; by default one with ``weight``/``bias``.
 
-    def param_names(self, module: nn.Module) -> tuple[str, ...]:
-        """Names of the module's traced parameters (``weight`` and/or ``bias``)."""
-        return tuple(
-            n
-            for n in ("weight", "bias")
-            if isinstance(getattr(module, n, None), nn.Parameter)
-        )
+        Raises :class:`UntraceableError` with the reason for a configuration the
+        family cannot trace exactly. An empty tuple means "nothing to trace"
+        (e.g. ``LayerNorm(elementwise_affine=False)``).
+        """
+        attrs = affine_attrs(module, ("weight", "bias"), self.parametrized)
+        if not attrs:
+            return ()
+        return (LayerSpec(qualname, tuple(qualify(qualname, a) for a in attrs)),)
+
+    def layout_keys(self, call: ModuleCall) -> tuple[str, ...]:
+        """Tensors of a call whose batch layout the tracer needs."""
+        return ("arg0", "out0")
 
     @abstractmethod
-    def contributions(
+    def contractions(
         self,
-        module: nn.Module,
-        z: Tensor,
-        c: Tensor,
-        params: StackedParams,
+        call: ModuleCall,
+        layers: tuple[LayerSpec, ...],
+        num_clients: int,
         workspace: Workspace,
-    ) -> tuple[Tensor, int]:
-        """Contributions of every client for every input.
+    ) -> Iterator[Contraction]:
+        """Yield the contractions of one call, one at a time.
 
         Parameters
         ----------
-        module
-            The global model's layer (read-only: hyper-parameters only).
-        z
-            ``(B, ...)`` the global model's input to the layer.
-        c
-            ``(B, ...)`` gradient of ``sum_b y_b`` w.r.t. the layer output; row
-            ``b`` only depends on input ``b`` (eval mode).
-        params
-            Stacked client parameters.
+        call
+            The recorded call, with its layouts and output gradients.
+        layers
+            What :meth:`layers` returned for the module.
+        num_clients
+            Clients per chunk ``K_c`` (for the cost model).
         workspace
-            Reusable scratch buffers for large temporaries.
-
-        Returns
-        -------
-        tuple[Tensor, int]
-            ``(B, K)`` contributions in the compute dtype, and the number of bytes
-            of the largest temporary allocated (for the peak-memory estimate).
+            Reusable scratch buffers. A yielded contraction may keep a buffer
+            until the next one is requested.
 
         """
+
+
+def qualify(module_name: str, attr: str) -> str:
+    """``module_name.attr`` (``attr`` for the root module)."""
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def affine_attrs(
+    module: nn.Module, attrs: Sequence[str], parametrized: bool
+) -> tuple[str, ...]:
+    """The attributes among ``attrs`` that hold traceable parameters.
+
+    A plain ``nn.Parameter`` always counts; with ``parametrized`` also a weight
+    computed by ``torch.nn.utils.parametrize`` or the old ``weight_norm`` hook.
+    ``None`` attributes are skipped. A tensor computed some other way (e.g. the
+    old ``spectral_norm`` hook) raises :class:`UntraceableError` when ``parametrized``
+    and is skipped (the whole module then untraced) otherwise.
+    """
+    found = []
+    for attr in attrs:
+        value = getattr(module, attr, None)
+        if value is None:
+            continue
+        if isinstance(value, nn.Parameter) and not parametrize.is_parametrized(
+            module, attr
+        ):
+            found.append(attr)
+        elif not parametrized:
+            return ()
+        elif parametrize.is_parametrized(module, attr) or weight_norm_hook(
+            module, attr
+        ):
+            found.append(attr)
+        elif isinstance(value, Tensor):
+            raise UntraceableError(
+                f"'{attr}' is computed by a forward pre-hook the engine does not "
+                "know (e.g. the old torch.nn.utils.spectral_norm); use "
+                "torch.nn.utils.parametrizations instead"
+            )
+    return tuple(found)
+
+
+def weight_norm_hook(module: nn.Module, attr: str) -> WeightNorm | None:
+    """The old ``torch.nn.utils.weight_norm`` hook computing ``attr``, if any."""
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm) and hook.name == attr:
+            return hook
+    return None
 
 
 def nbytes(*tensors: Tensor | None) -> int:
