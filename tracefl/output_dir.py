@@ -15,13 +15,20 @@ from pathlib import Path
 from tracefl.results_io import read_json
 
 #: Files (and patterns) a run writes into its output directory.
-RESULT_FILES = ("run.json", "rounds.csv", "inputs.csv", "clients.csv", "scores.csv")
+RESULT_FILES = (
+    "run.json",
+    "rounds.csv",
+    "inputs.csv",
+    "clients.csv",
+    "methods.csv",
+    "scores.csv",
+)
 RESULT_PATTERNS = (
     re.compile(r"accuracy\.(png|pdf)"),
     re.compile(r"provenance_round_\d+\.(png|pdf)"),
     re.compile(r"\..+\.tmp"),
 )
-RESULT_DIRS = ("models",)
+RESULT_DIRS = ("models", "cumulative")
 
 
 class OutputDirInUseError(RuntimeError):

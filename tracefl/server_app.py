@@ -32,6 +32,7 @@ from flwr.serverapp.strategy import (
 
 from tracefl.aggregators import get_aggregator, sampling_arguments
 from tracefl.analysis import Recorder, RoundAnalyzer, default_steps
+from tracefl.analysis.summary import method_summary
 from tracefl.config import (
     ConfigError,
     TraceFLConfig,
@@ -160,6 +161,7 @@ def main(grid: Grid, context: Context) -> None:
             reason=reason,
             rounds_recorded=len(recorder.round_rows),
             rounds_by_status=recorder.rounds_by_status,
+            methods=method_summary(recorder, cfg.faulty_mode),
             flower_result=result_summary(result),
         )
     except (KeyboardInterrupt, SystemExit) as err:
@@ -193,15 +195,11 @@ def _run(
     check_federation(cfg, size)
     info.update(federation={"num_partitions": size})
     num_classes = dataset_num_classes(cfg.dataset)
-    recorder = Recorder(out_dir, num_classes)
-    analyzer = RoundAnalyzer(
-        cfg,
-        test_data,
-        model_factory,
-        device,
-        recorder,
-        default_steps(cfg, model_factory, size),
+    recorder = Recorder(out_dir, num_classes, cfg.method_names)
+    steps = default_steps(
+        cfg, test_data, model_factory, device, size, out_dir / "cumulative"
     )
+    analyzer = RoundAnalyzer(cfg, test_data, model_factory, device, recorder, steps)
     strategy = build_strategy(cfg, analyzer, num_classes, size)
     result = strategy.start(
         grid=grid,

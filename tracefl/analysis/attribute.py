@@ -1,4 +1,4 @@
-"""Attribute the selected inputs to the round's clients with the engine."""
+"""Attribute the selected inputs to the clients with every enabled method."""
 
 from __future__ import annotations
 
@@ -6,48 +6,50 @@ import logging
 import time
 
 from tracefl.analysis.context import RoundContext
-from tracefl.provenance import NeuronProvenance
+from tracefl.analysis.fedinfluence_step import TrackFedInfluence
+from tracefl.analysis.methods import MethodSuite
 
 log = logging.getLogger("tracefl")
 
-#: The method whose answer the round's headline columns report.
-PAPER = "paper"
-
 
 class Attribute:
-    """Run TraceFL's neuron provenance (the paper's Eq. 5-7) on ``ctx.selected``.
+    """Run the run's methods (and Fed-Influence, when on) on ``ctx.selected``.
 
-    The clients are the round's fused models and ``n_k`` their reported
-    training-set sizes; the result lands in ``ctx.attributions["paper"]``.
+    Results land in ``ctx.attributions`` by method name, each a
+    :class:`~tracefl.attribution.AttributionResult` whose client columns are
+    ``client-<partition-id>`` names.
     """
 
     name = "attribute"
 
+    def __init__(
+        self, suite: MethodSuite, fedinfluence: TrackFedInfluence | None = None
+    ) -> None:
+        self.suite = suite
+        self.fedinfluence = fedinfluence
+
     def __call__(self, ctx: RoundContext) -> None:
-        """Attribute ``ctx.selected``."""
+        """Attribute ``ctx.selected`` with every method."""
         if not ctx.provenance_pending:
             return
-        cfg, fused = ctx.cfg, ctx.outcome.fused
+        fused = ctx.outcome.fused
         assert fused is not None and ctx.model is not None
         log.info(
-            "Round %d: provenance on %d inputs over %d clients...",
+            "Round %d: %d methods on %d inputs over %d clients...",
             ctx.server_round,
+            len(self.suite.names),
             len(ctx.selected),
             fused.num_clients,
         )
-        start = time.perf_counter()
-        engine = NeuronProvenance(
-            ctx.model,
-            list(fused.clients),
-            list(fused.num_examples),
-            list(fused.client_ids),
-            decay=cfg.beta_decay,
-            enable_beta=cfg.enable_beta,
-            scale_by_data_share=cfg.client_weights_normalization,
-            device=ctx.device,
-            chunk_size=cfg.provenance_chunk_size,
-        )
         inputs = ctx.test_data.select_features(ctx.selected)
-        ctx.attributions[PAPER] = engine.attribute(inputs)
-        ctx.seconds[PAPER] = time.perf_counter() - start
+        start = time.perf_counter()
+        ctx.attributions.update(
+            self.suite.attribute(fused, ctx.model, ctx.selected, inputs)
+        )
+        if self.fedinfluence is not None:
+            labels = ctx.test_data.labels[ctx.selected]
+            ctx.attributions["fedinfluence"] = self.fedinfluence.attribute(
+                inputs, labels
+            )
+        ctx.row["attribution_seconds"] = round(time.perf_counter() - start, 4)
         ctx.status = "traced"

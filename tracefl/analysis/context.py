@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from tracefl.attribution import AttributionResult
 from tracefl.config import TraceFLConfig
 from tracefl.dataset import LabeledTensors
 from tracefl.fedinfluence import FedInfluence
-from tracefl.provenance import ProvenanceResult
 from tracefl.reply import ClientRecord
 from tracefl.strategy import RoundOutcome
 
@@ -42,9 +42,10 @@ class RoundContext:
     selected
         ``(B,)`` indices into the test split of the inputs to attribute.
     attributions
-        Per method name, the engine result on ``selected``.
-    input_rows, client_rows
-        ``inputs.csv`` and ``clients.csv`` rows of this round.
+        Per method name, its result on ``selected``.
+    input_rows, client_rows, method_rows, score_rows
+        This round's rows of ``inputs.csv``, ``clients.csv``, ``methods.csv``
+        and ``scores.csv``.
     fedinfluence
         Fed-Influence's estimator after this round, when the run keeps one.
 
@@ -61,10 +62,11 @@ class RoundContext:
     predictions: torch.Tensor | None = None
     losses: torch.Tensor | None = None
     selected: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    attributions: dict[str, ProvenanceResult] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+    attributions: dict[str, AttributionResult] = field(default_factory=dict)
     input_rows: list[dict[str, Any]] = field(default_factory=list)
     client_rows: list[dict[str, Any]] = field(default_factory=list)
+    method_rows: list[dict[str, Any]] = field(default_factory=list)
+    score_rows: list[dict[str, Any]] = field(default_factory=list)
     fedinfluence: FedInfluence | None = None
 
     @property

@@ -7,12 +7,14 @@ produced an aggregate, traced or not, and records what it cost.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from tracefl.analysis.context import RoundContext
+from tracefl.attribution import AttributionResult
 from tracefl.config import TraceFLConfig, sampled_train_nodes
 from tracefl.fedinfluence import (
     CostEstimate,
@@ -66,9 +68,28 @@ class TrackFedInfluence:
         ctx.row.update({f"fedinfluence_{k}": v for k, v in report.summary().items()})
         ctx.fedinfluence = self.estimator
 
-    def influence(
+    def attribute(
         self, inputs: torch.Tensor | dict[str, torch.Tensor], labels: torch.Tensor
-    ) -> tuple[tuple[str, ...], torch.Tensor]:
-        """Client ids seen so far and the ``(B, K)`` responsibility (-FIL on logit)."""
+    ) -> AttributionResult:
+        """Fed-Influence's answer in the methods' format.
+
+        Scores are the responsibility ``-(logit(w_t + eps^-c) - logit(w_t))`` of
+        the predicted class, ``(B, K)`` over every client seen so far (FIL on the
+        logit; FIL on the loss is what the paper reports on a test set).
+        """
+        start = time.perf_counter()
         effect = self.estimator.influence_on_loss(inputs, labels)
-        return self.estimator.client_ids, effect.responsibility
+        scores = effect.responsibility
+        return AttributionResult(
+            method=self.name,
+            scores=scores,
+            column_ids=tuple(effect.client_ids),
+            num_clients=len(effect.client_ids),
+            probs=None,
+            traced=scores.argmax(1),
+            targets=effect.predicted_labels,
+            predicted_labels=effect.predicted_labels,
+            seconds=time.perf_counter() - start,
+            engine_calls=0,
+            forward_passes=len(effect.client_ids) + 1,
+        )

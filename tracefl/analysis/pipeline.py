@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from tracefl.analysis.context import RoundContext
 from tracefl.analysis.evaluate import EvaluateGlobal
 from tracefl.analysis.feddebug_step import RunFedDebug
 from tracefl.analysis.fedinfluence_step import TrackFedInfluence
+from tracefl.analysis.methods import MethodSuite
+from tracefl.analysis.observe import ObserveRound
 from tracefl.analysis.participation import RecordParticipation
 from tracefl.analysis.recorder import Recorder
 from tracefl.analysis.score import ScoreAttributions
@@ -36,14 +39,33 @@ log = logging.getLogger("tracefl")
 
 def default_steps(
     cfg: TraceFLConfig,
+    test_data: LabeledTensors,
     model_factory: Callable[[], nn.Module],
+    device: torch.device,
     federation_size: int,
+    store_dir: Path,
 ) -> tuple[AnalysisStep, ...]:
-    """A run's analysis steps, in order (fresh objects: some keep state)."""
+    """A run's analysis steps, in order (fresh objects: some keep state).
+
+    Built before training, so that every method's settings (and Fed-Influence's
+    memory budget) are checked before the first round.
+    """
+    suite = MethodSuite(cfg, test_data, device, store_dir)
+    fedinfluence = (
+        TrackFedInfluence(cfg, model_factory, federation_size)
+        if cfg.fedinfluence
+        else None
+    )
     steps: list[AnalysisStep] = [RecordParticipation(), EvaluateGlobal()]
-    if cfg.fedinfluence:
-        steps.append(TrackFedInfluence(cfg, model_factory, federation_size))
-    steps += [SelectInputs(), Attribute(), ScoreAttributions(), RunFedDebug()]
+    if fedinfluence is not None:
+        steps.append(fedinfluence)
+    steps += [
+        ObserveRound(suite),
+        SelectInputs(suite.queries),
+        Attribute(suite, fedinfluence),
+        ScoreAttributions(),
+        RunFedDebug(),
+    ]
     return tuple(steps)
 
 
@@ -103,12 +125,22 @@ class RoundAnalyzer:
                 ctx.row["provenance_seconds"] / max(ctx.row["round_seconds"], 1e-9), 6
             )
         self.recorder.record_round(ctx)
-        log.info(summary_line({**ctx.row, "status": ctx.status}, self.cfg.faulty_mode))
+        log.info(
+            summary_line(
+                {**ctx.row, "status": ctx.status}, ctx.method_rows, self.cfg.faulty_mode
+            )
+        )
         self.round_started = time.perf_counter()
 
 
-def summary_line(row: dict[str, Any], faulty_mode: bool) -> str:
-    """One log line per round."""
+#: Shown beside the paper's method in the per-round line, when enabled.
+RECOMMENDED = "cross-round-unweighted"
+
+
+def summary_line(
+    row: dict[str, Any], method_rows: Sequence[dict[str, Any]], faulty_mode: bool
+) -> str:
+    """One log line per round: the paper's method and the recommended one."""
     text = f"[round {row['round']}] clients={row['num_participants']}"
     if row.get("status") == "failed":
         return f"{text} FAILED: {row.get('failure')}"
@@ -120,17 +152,18 @@ def summary_line(row: dict[str, Any], faulty_mode: bool) -> str:
         )
     if row.get("status") != "traced":
         return f"{text} provenance={row.get('status')}"
-    if faulty_mode:
-        text += (
-            f" | faulty-localization={row['faulty_accuracy']:.2%} "
-            f"(random {row['faulty_random_baseline']:.2%}) "
-            f"feddebug={row.get('feddebug_accuracy')}"
-        )
-    else:
-        text += (
-            f" | traced={row['num_traced']} paper={row['paper_accuracy']:.2%} "
-            f"(random {row['paper_random_baseline']:.2%}) "
-            f"strict={row['strict_accuracy']:.2%} "
-            f"(random {row['strict_random_baseline']:.2%})"
-        )
-    return text + f" prov={row['provenance_seconds']:.2f}s"
+    text += f" | traced={row['num_traced']}"
+    metric, chance = (
+        ("faulty_accuracy", "faulty_random_baseline")
+        if faulty_mode
+        else ("strict_accuracy", "strict_random_baseline")
+    )
+    label = "faulty-localization" if faulty_mode else "strict"
+    for m in method_rows:
+        if m["method"] in ("paper", RECOMMENDED):
+            text += f" {m['method']}: {label}={m[metric]:.0%} (random {m[chance]:.0%})"
+    if not faulty_mode and row.get("paper_accuracy") is not None:
+        text += f" paper-metric={row['paper_accuracy']:.0%}"
+    if row.get("provenance_seconds") is not None:
+        text += f" prov={row['provenance_seconds']:.2f}s"
+    return text

@@ -8,7 +8,7 @@ an interrupted run keeps every finished round (``run.json`` is
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +47,33 @@ ROUND_COLUMNS = (
     "unexplained_share",
     "provenance_seconds",
     "provenance_seconds_per_input",
+    "attribution_seconds",
     "feddebug_seconds",
     "round_seconds",
     "provenance_share",
+    "fedinfluence_server_seconds",
+    "fedinfluence_client_seconds_total",
+    "fedinfluence_client_seconds_max",
+    "fedinfluence_payload_bytes_total",
+    "fedinfluence_payload_bytes_max",
+    "fedinfluence_state_bytes",
+    "fedinfluence_peak_bytes",
+    "fedinfluence_truncated_blocks",
 )
 TIMING_COLUMNS = (
     "provenance_seconds",
     "provenance_seconds_per_input",
+    "attribution_seconds",
     "feddebug_seconds",
     "round_seconds",
     "provenance_share",
+    "fedinfluence_server_seconds",
+    "fedinfluence_client_seconds_total",
+    "fedinfluence_client_seconds_max",
 )
 #: Columns that differ between two runs of the same config (times, Flower's
 #: random node ids); everything else is reproducible bit for bit.
-VOLATILE_COLUMNS = (*TIMING_COLUMNS, "node_id")
+VOLATILE_COLUMNS = (*TIMING_COLUMNS, "node_id", "seconds")
 INPUT_COLUMNS = (
     "round",
     "mode",
@@ -76,6 +89,32 @@ INPUT_COLUMNS = (
     "faulty_correct",
     "provenance_seconds",
 )
+METHOD_COLUMNS = (
+    "round",
+    "method",
+    "num_traced",
+    "num_clients",
+    "strict_accuracy",
+    "strict_random_baseline",
+    "paper_accuracy",
+    "paper_random_baseline",
+    "strict_top2",
+    "strict_top3",
+    "decisive_share",
+    "strict_decisive_accuracy",
+    "strict_decisive_random_baseline",
+    "graded_score",
+    "graded_random_baseline",
+    "spearman",
+    "loo_agreement",
+    "faulty_accuracy",
+    "faulty_random_baseline",
+    "pseudo_would_win",
+    "seconds",
+    "engine_calls",
+    "forward_passes",
+)
+SCORE_COLUMNS = ("round", "method", "input_index", "client", "score", "probability")
 CLIENT_COLUMNS = (
     "round",
     "client",
@@ -99,19 +138,31 @@ class Recorder:
 
     """
 
-    def __init__(self, out_dir: Path, num_classes: int) -> None:
+    def __init__(self, out_dir: Path, num_classes: int, methods: Sequence[str]) -> None:
         self.out_dir = out_dir
         self.num_classes = num_classes
+        self.methods = tuple(methods)
         self.round_rows: list[dict[str, Any]] = []
         self.input_rows: list[dict[str, Any]] = []
         self.client_rows: list[dict[str, Any]] = []
+        self.method_rows: list[dict[str, Any]] = []
+        self.score_rows: list[dict[str, Any]] = []
 
     def record_round(self, ctx: RoundContext) -> None:
         """Add one round's rows and rewrite the CSVs."""
         self.round_rows.append({**ctx.row, "status": ctx.status})
         self.input_rows.extend(ctx.input_rows)
         self.client_rows.extend(ctx.client_rows)
+        self.method_rows.extend(ctx.method_rows)
+        self.score_rows.extend(ctx.score_rows)
         self.write()
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        """Methods with at least one scored round, in the run's order."""
+        seen = {row["method"] for row in self.method_rows}
+        extra = sorted(seen - set(self.methods))  # e.g. fedinfluence
+        return tuple(m for m in (*self.methods, *extra) if m in seen)
 
     @property
     def rounds_by_status(self) -> dict[str, int]:
@@ -122,14 +173,19 @@ class Recorder:
         return counts
 
     def write(self) -> None:
-        """Atomically rewrite ``rounds.csv``, ``inputs.csv`` and ``clients.csv``."""
+        """Atomically rewrite every per-round CSV."""
         write_csv(self.out_dir / "rounds.csv", self.round_rows, ROUND_COLUMNS)
         clients = sorted(_seen_clients(self.input_rows))
+        per_method = [
+            f"{kind}_{m}" for m in self.method_names for kind in ("traced", "correct")
+        ]
         write_csv(
             self.out_dir / "inputs.csv",
             self.input_rows,
-            (*INPUT_COLUMNS, *(f"prob_client-{c}" for c in clients)),
+            (*INPUT_COLUMNS, *per_method, *(f"prob_client-{c}" for c in clients)),
         )
+        write_csv(self.out_dir / "methods.csv", self.method_rows, METHOD_COLUMNS)
+        write_csv(self.out_dir / "scores.csv", self.score_rows, SCORE_COLUMNS)
         write_csv(
             self.out_dir / "clients.csv",
             self.client_rows,

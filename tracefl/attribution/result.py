@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,6 +92,17 @@ class AttributionResult:
             return torch.zeros(self.scores.shape[0], dtype=torch.bool)
         pseudo = self.scores[:, self.num_clients :].max(1).values
         return pseudo > self.client_scores.max(1).values
+
+    def take(self, rows: Tensor) -> AttributionResult:
+        """The same result restricted to some inputs (``rows``: (B',) int64)."""
+        return dataclasses.replace(
+            self,
+            scores=self.scores[rows],
+            probs=None if self.probs is None else self.probs[rows],
+            traced=self.traced[rows],
+            targets=self.targets[rows],
+            predicted_labels=self.predicted_labels[rows],
+        )
 
     def column(self, column_id: str) -> Tensor:
         """``(B,)`` scores of one client or pseudo-client, by name."""
