@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from tests.replies import NodeListGrid, train_request
-from tracefl.analysis import Recorder, RoundAnalyzer, default_steps
+from tracefl.analysis import Recorder, build_analyzer
 from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_client_data, load_server_test
 from tracefl.model import build_model
@@ -53,6 +53,7 @@ class HarnessRun:
     cfg: TraceFLConfig
     recorder: Recorder
     out_dir: Path
+    final_state: dict[str, torch.Tensor]
 
 
 def run_rounds(
@@ -71,8 +72,7 @@ def run_rounds(
     size = cfg.num_clients
     num_classes = dataset_num_classes(cfg.dataset)
     recorder = Recorder(out_dir, num_classes, cfg.method_names)
-    steps = default_steps(cfg, test, factory, device, size, out_dir / "cumulative")
-    analyzer = RoundAnalyzer(cfg, test, factory, device, recorder, steps)
+    analyzer = build_analyzer(cfg, test, factory, device, recorder, size)
     strategy = build_strategy(cfg, analyzer, num_classes, size)
     torch.manual_seed(cfg.seed)
     arrays = ArrayRecord(factory().state_dict())
@@ -111,7 +111,8 @@ def run_rounds(
         aggregate, _ = strategy.aggregate_train(rnd, replies)
         if aggregate is not None:
             arrays = aggregate
-    return HarnessRun(cfg, recorder, out_dir)
+    analyzer.finish()
+    return HarnessRun(cfg, recorder, out_dir, arrays.to_torch_state_dict())
 
 
 def nan_model(values: ArrayRecord) -> ArrayRecord:

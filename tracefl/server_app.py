@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import (
 )
 
 from tracefl.aggregators import get_aggregator, sampling_arguments
-from tracefl.analysis import Recorder, RoundAnalyzer, default_steps
+from tracefl.analysis import Recorder, RoundAnalyzer, build_analyzer
 from tracefl.analysis.summary import method_summary
 from tracefl.config import (
     ConfigError,
@@ -196,10 +196,7 @@ def _run(
     info.update(federation={"num_partitions": size})
     num_classes = dataset_num_classes(cfg.dataset)
     recorder = Recorder(out_dir, num_classes, cfg.method_names)
-    steps = default_steps(
-        cfg, test_data, model_factory, device, size, out_dir / "cumulative"
-    )
-    analyzer = RoundAnalyzer(cfg, test_data, model_factory, device, recorder, steps)
+    analyzer = build_analyzer(cfg, test_data, model_factory, device, recorder, size)
     strategy = build_strategy(cfg, analyzer, num_classes, size)
     result = strategy.start(
         grid=grid,
@@ -208,6 +205,7 @@ def _run(
         timeout=cfg.round_timeout,
         train_config=ConfigRecord(),  # clients read the run config
     )
+    analyzer.finish()
     return recorder, result
 
 

@@ -1,6 +1,6 @@
 """What the server does after each round: evaluate, trace, score, record."""
 
-from tracefl.analysis.pipeline import RoundAnalyzer, default_steps
+from tracefl.analysis.pipeline import RoundAnalyzer, build_analyzer, default_steps
 from tracefl.analysis.recorder import (
     INPUT_COLUMNS,
     ROUND_COLUMNS,
@@ -16,5 +16,6 @@ __all__ = [
     "VOLATILE_COLUMNS",
     "Recorder",
     "RoundAnalyzer",
+    "build_analyzer",
     "default_steps",
 ]

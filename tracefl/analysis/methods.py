@@ -85,6 +85,7 @@ class MethodSuite:
                 include_server=with_server,
                 **engine,
             )
+        self.store_dir = store_dir
         self.store: CumulativeUpdates | None = None
         self.cumulative: CumulativeMethod | None = None
         if "cumulative" in self.names:
@@ -95,6 +96,16 @@ class MethodSuite:
             self.cumulative = CumulativeMethod(
                 self.store, include_server=with_server, **engine
             )
+
+    def save(self) -> Path | None:
+        """Write the cumulative store (``U_k`` per client) for use after training.
+
+        ``theta_T = theta_0 + sum_k U_k + server + noise`` holds for the final
+        model; ``tracefl.attribution.CumulativeUpdates.load`` reads it back.
+        """
+        if self.store is None or not self.store.rounds:
+            return None
+        return self.store.save(self.store_dir)
 
     def observe(self, fused: FusedRound, model: nn.Module) -> None:
         """Feed the cross-round state with a round that produced an aggregate."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,18 +38,15 @@ log = logging.getLogger("tracefl")
 
 def default_steps(
     cfg: TraceFLConfig,
-    test_data: LabeledTensors,
+    suite: MethodSuite,
     model_factory: Callable[[], nn.Module],
-    device: torch.device,
     federation_size: int,
-    store_dir: Path,
 ) -> tuple[AnalysisStep, ...]:
     """A run's analysis steps, in order (fresh objects: some keep state).
 
     Built before training, so that every method's settings (and Fed-Influence's
     memory budget) are checked before the first round.
     """
-    suite = MethodSuite(cfg, test_data, device, store_dir)
     fedinfluence = (
         TrackFedInfluence(cfg, model_factory, federation_size)
         if cfg.fedinfluence
@@ -67,6 +63,22 @@ def default_steps(
         RunFedDebug(),
     ]
     return tuple(steps)
+
+
+def build_analyzer(
+    cfg: TraceFLConfig,
+    test_data: LabeledTensors,
+    model_factory: Callable[[], nn.Module],
+    device: torch.device,
+    recorder: Recorder,
+    federation_size: int,
+) -> RoundAnalyzer:
+    """The run's analyzer with :func:`default_steps` and its method suite."""
+    suite = MethodSuite(cfg, test_data, device, recorder.out_dir / "cumulative")
+    steps = default_steps(cfg, suite, model_factory, federation_size)
+    return RoundAnalyzer(
+        cfg, test_data, model_factory, device, recorder, steps, suite=suite
+    )
 
 
 class RoundAnalyzer:
@@ -86,6 +98,8 @@ class RoundAnalyzer:
         Owner of the result files.
     steps
         The analysis steps, in order (:func:`default_steps`).
+    suite
+        The methods whose state outlives the run (saved by :meth:`finish`).
 
     """
 
@@ -97,6 +111,8 @@ class RoundAnalyzer:
         device: torch.device,
         recorder: Recorder,
         steps: Sequence[AnalysisStep],
+        *,
+        suite: MethodSuite | None = None,
     ) -> None:
         self.cfg = cfg
         self.test_data = test_data
@@ -104,7 +120,13 @@ class RoundAnalyzer:
         self.device = device
         self.recorder = recorder
         self.steps = tuple(steps)
+        self.suite = suite
         self.round_started = time.perf_counter()
+
+    def finish(self) -> None:
+        """Save what outlives the run (the cumulative store, if kept)."""
+        if self.suite is not None:
+            self.suite.save()
 
     def __call__(self, outcome: RoundOutcome) -> None:
         """Analyse one round and rewrite the result files."""
