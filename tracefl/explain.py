@@ -805,7 +805,13 @@ def write_explanation(
     plot: bool = True,
     class_names: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write ``ranking.csv``, ``explanation.json`` and ``explanation.{png,pdf}``."""
+    """Write ``ranking.csv``, ``explanation.json`` and ``explanation.{png,pdf}``.
+
+    The figure is the per-input view: client probabilities per input (the top
+    client boxed), the inputs' pictures for image data, and each client's
+    share of every label when the label counts are known.
+    """
+    from tracefl.plotting import plot_client_probabilities
     from tracefl.results_io import write_csv, write_json
 
     out_dir = Path(out_dir)
@@ -814,10 +820,34 @@ def write_explanation(
     paths = [out_dir / "ranking.csv", out_dir / "explanation.json"]
     write_csv(paths[0], rows, columns)
     write_json(paths[1], explanation.to_json())
-    if plot:
-        from tracefl.plotting import plot_explanation
+    if not plot:
+        return paths
+    inputs = explanation.inputs
+    preds = explanation.result.predicted_labels.cpu().tolist()
+    names = list(class_names) if class_names else None
 
-        paths += plot_explanation(
-            explanation, out_dir / "explanation", class_names=class_names
-        )
+    def label(c: int) -> str:
+        return names[c] if names and 0 <= c < len(names) else str(c)
+
+    row_labels = [
+        f"{name} (y={label(int(inputs.labels[b]))}, pred={label(preds[b])})"
+        if inputs.labels is not None
+        else f"{name} (pred={label(preds[b])})"
+        for b, name in enumerate(inputs.names)
+    ]
+    share = None
+    if explanation.label_counts is not None:
+        counts = explanation.label_counts.astype(float)
+        share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
+    title = f"{explanation.options.method}: client probability per input"
+    paths += plot_client_probabilities(
+        explanation.result.probs.double().cpu().numpy(),
+        row_labels,
+        list(explanation.clients.client_ids),
+        out_dir / "explanation",
+        title=title,
+        label_share=share,
+        class_labels=names,
+        images=inputs.images,
+    )
     return paths

@@ -157,7 +157,7 @@ def run_title(config: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- accuracy
 
 
-def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+def draw_accuracy(rounds: pd.DataFrame, title: str = "") -> plt.Figure:
     """Global and localization accuracy per round, with random baselines."""
     faulty = numeric_column(rounds, "faulty_accuracy").notna().any()
     series = (
@@ -202,23 +202,28 @@ def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Pat
         legend_below(ax, ncol=2)
         if title:
             ax.set_title(title)
-        return save_figure(fig, stem)
+        return fig
+
+
+def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Draw with :func:`draw_accuracy` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(draw_accuracy(rounds, title), stem)
 
 
 # ------------------------------------------------------ client probabilities
 
 
-def plot_client_probabilities(
+def draw_client_probabilities(
     probs: np.ndarray,
     row_labels: Sequence[str],
     client_labels: Sequence[str],
-    stem: Path,
     *,
     title: str,
     label_share: np.ndarray | None = None,
     class_labels: Sequence[str] | None = None,
     images: np.ndarray | None = None,
-) -> list[Path]:
+) -> plt.Figure:
     """Per-input client probabilities as a heatmap, the top client boxed.
 
     Parameters
@@ -310,7 +315,34 @@ def plot_client_probabilities(
             ax_c.set_title("Share of each label held by each client")
             cbar2 = fig.colorbar(im2, ax=ax_c, fraction=0.05, pad=0.03)
             cbar2.set_label("Share of the label's samples")
-        return save_figure(fig, stem)
+        return fig
+
+
+def plot_client_probabilities(
+    probs: np.ndarray,
+    row_labels: Sequence[str],
+    client_labels: Sequence[str],
+    stem: Path,
+    *,
+    title: str,
+    label_share: np.ndarray | None = None,
+    class_labels: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+) -> list[Path]:
+    """Draw with :func:`draw_client_probabilities` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(
+            draw_client_probabilities(
+                probs,
+                row_labels,
+                client_labels,
+                title=title,
+                label_share=label_share,
+                class_labels=class_labels,
+                images=images,
+            ),
+            stem,
+        )
 
 
 def _stack_images(images: np.ndarray) -> np.ndarray:

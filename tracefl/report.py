@@ -320,6 +320,27 @@ def grouped_bars(
     ax.grid(axis="x", visible=False)
 
 
+def draw_bars(
+    frame: pd.DataFrame,
+    labels: Sequence[str],
+    title: str,
+    *,
+    bars: Sequence[tuple[str, str, str, str]] = ACCURACY_BARS,
+    ylabel: str = "Accuracy (%)",
+    annotate: bool = False,
+) -> plt.Figure:
+    """Grouped accuracy bars per run (default: global, TraceFL, random)."""
+    with figure_style():
+        width = min(TEXT_WIDTH, max(COLUMN_WIDTH, 0.75 * len(labels) + 1.4))
+        fig, ax = plt.subplots(figsize=(width, 2.5))
+        ax.set_ylim(0, 108)
+        grouped_bars(ax, frame, labels, bars, annotate=annotate)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        legend_below(ax, ncol=3 if width > 4 else 2)
+        return fig
+
+
 def plot_bars(
     frame: pd.DataFrame,
     labels: Sequence[str],
@@ -330,21 +351,19 @@ def plot_bars(
     ylabel: str = "Accuracy (%)",
     annotate: bool = False,
 ) -> list[Path]:
-    """Grouped accuracy bars per run (default: global, TraceFL, random)."""
+    """Draw with :func:`draw_bars` and save as ``stem.png``/``.pdf``."""
     with figure_style():
-        width = min(TEXT_WIDTH, max(COLUMN_WIDTH, 0.75 * len(labels) + 1.4))
-        fig, ax = plt.subplots(figsize=(width, 2.5))
-        ax.set_ylim(0, 108)
-        grouped_bars(ax, frame, labels, bars, annotate=annotate)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        legend_below(ax, ncol=3 if width > 4 else 2)
-        return save_figure(fig, stem)
+        return save_figure(
+            draw_bars(
+                frame, labels, title, bars=bars, ylabel=ylabel, annotate=annotate
+            ),
+            stem,
+        )
 
 
-def plot_lines(
-    frame: pd.DataFrame, x_column: str, stem: Path, title: str, xlabel: str
-) -> list[Path]:
+def draw_lines(
+    frame: pd.DataFrame, x_column: str, title: str, xlabel: str
+) -> plt.Figure:
     """Accuracy metrics against a swept numeric parameter (e.g. Dirichlet alpha)."""
     frame = frame.sort_values(x_column, key=lambda s: pd.to_numeric(s))
     x = numeric_column(frame, x_column)
@@ -364,22 +383,29 @@ def plot_lines(
         ax.set_ylim(-2, 104)
         ax.set_title(title)
         legend_below(ax, ncol=2)
-        return save_figure(fig, stem)
+        return fig
+
+
+def plot_lines(
+    frame: pd.DataFrame, x_column: str, stem: Path, title: str, xlabel: str
+) -> list[Path]:
+    """Draw with :func:`draw_lines` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(draw_lines(frame, x_column, title, xlabel), stem)
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 LINESTYLES = ("-", "--", "-.", ":")
 
 
-def plot_round_curves(
+def draw_round_curves(
     experiment_dir: Path,
     columns: Sequence[tuple[str, str]],
     config_key: str,
-    stem: Path,
     title: str,
     legend_title: str,
     label: Callable[[dict[str, Any]], str] | None = None,
-) -> list[Path]:
+) -> plt.Figure:
     """Per-round curves, one per run, in one panel per ``(column, ylabel)``.
 
     Runs are ordered by the numeric value of ``config_key`` (legend included),
@@ -421,7 +447,26 @@ def plot_round_curves(
         else:
             fig.suptitle(title, fontsize=8)
             legend_right(axes[0][-1], title=legend_title, title_fontsize=7)
-        return save_figure(fig, stem)
+        return fig
+
+
+def plot_round_curves(
+    experiment_dir: Path,
+    columns: Sequence[tuple[str, str]],
+    config_key: str,
+    stem: Path,
+    title: str,
+    legend_title: str,
+    label: Callable[[dict[str, Any]], str] | None = None,
+) -> list[Path]:
+    """Draw with :func:`draw_round_curves` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(
+            draw_round_curves(
+                experiment_dir, columns, config_key, title, legend_title, label
+            ),
+            stem,
+        )
 
 
 def _sort_key(value: Any) -> tuple[int, float | str]:
@@ -432,9 +477,7 @@ def _sort_key(value: Any) -> tuple[int, float | str]:
         return (1, str(value))
 
 
-def plot_times(
-    frame: pd.DataFrame, labels: Sequence[str], stem: Path, title: str
-) -> list[Path]:
+def draw_times(frame: pd.DataFrame, labels: Sequence[str], title: str) -> plt.Figure:
     """TraceFL vs FedDebug localization time per round (paper Fig. 6).
 
     Times are shown in milliseconds when every value is below one second.
@@ -464,7 +507,15 @@ def plot_times(
         ax.set_ylabel(f"Localization time per round ({unit})")
         ax.set_title(title)
         legend_below(ax, ncol=2)
-        return save_figure(fig, stem)
+        return fig
+
+
+def plot_times(
+    frame: pd.DataFrame, labels: Sequence[str], stem: Path, title: str
+) -> list[Path]:
+    """Draw with :func:`draw_times` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(draw_times(frame, labels, title), stem)
 
 
 # ------------------------------------------------------------ figure sets
