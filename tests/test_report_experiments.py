@@ -315,13 +315,15 @@ def test_a_grid_runs_through_flower_with_progress(tmp_path: Path, capsys) -> Non
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     meta = json.loads((results / "tiny" / "experiment.json").read_text())
     assert meta["report"] == "fig3" and meta["runs"] == ["alpha-0.5"]
+    assert meta["grid"] == str(conf / "tiny.grid.toml")
     assert (results / "tiny" / "fig3_alpha.png").is_file()
     # Ray's FutureWarning is answered with the setting it asks for.
     log = (results / "tiny" / "alpha-0.5.log").read_text()
     assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" not in log
 
+    stamp = (run / "run.json").stat().st_mtime_ns
     assert ex.main([*args, "-q"]) == 0  # unchanged: skipped, nothing re-run
-    assert (run / "run.json").stat().st_mtime > 0
+    assert (run / "run.json").stat().st_mtime_ns == stamp
     (conf / "tiny.toml").write_text(
         TINY.replace("local-epochs = 1", "local-epochs = 2")
     )

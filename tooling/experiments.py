@@ -89,6 +89,7 @@ class Grid:
 
     experiment: str
     scale: str
+    grid_path: Path
     report: str
     name_template: str
     run_config_path: Path
@@ -200,6 +201,7 @@ def load_grid(
     return Grid(
         experiment=experiment,
         scale=scale,
+        grid_path=path.resolve(),
         report=str(data.get("report", experiment)),
         name_template=template,
         run_config_path=run_config_path,
@@ -567,7 +569,7 @@ def write_experiment_json(grid: Grid, plans: Sequence[Plan], exp_dir: Path) -> N
             "experiment": grid.experiment,
             "scale": grid.scale,
             "report": grid.report,
-            "grid": str(Path(CONF_DIR.name) / f"{grid.experiment}.grid.toml"),
+            "grid": _repo_relative(grid.grid_path),
             "run_config": _repo_relative(grid.run_config_path),
             "runs": [p.run.name for p in plans],
         },

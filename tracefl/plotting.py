@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
+from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from tracefl.results_io import atomic_open
 
@@ -186,15 +187,27 @@ def draw_accuracy(rounds: pd.DataFrame, title: str = "") -> plt.Figure:
         )
         for column, label, color, line, marker in series:
             values = numeric_column(rounds, column)
-            if values.notna().any():
+            known = values.notna()
+            if known.any():
+                # Only the rounds that have a value: a line across an untraced
+                # round instead of a gap, and a point even for a single round.
                 ax.plot(
-                    r,
-                    100 * values,
+                    r[known],
+                    100 * values[known],
                     linestyle=line,
-                    marker=marker or None,
+                    marker=marker or ".",
                     color=color,
                     label=label,
                 )
+        untraced = r[rounds["status"] != "traced"] if "status" in rounds else r[:0]
+        for i, server_round in enumerate(untraced):
+            ax.axvspan(
+                server_round - 0.5,
+                server_round + 0.5,
+                color="0.9",
+                zorder=0,
+                label="Round not traced (see rounds.csv)" if i == 0 else None,
+            )
         ax.set_xlabel("Round")
         ax.set_ylabel("Accuracy (%)")
         ax.set_ylim(-2, 104)
@@ -249,11 +262,7 @@ def draw_client_probabilities(
     b, k = probs.shape
     row_height = 0.17
     height = max(2.2, row_height * b + 1.1)
-    panels = [1.0]
-    if images is not None:
-        panels.insert(0, 0.08)
-    if label_share is not None:
-        panels.append(1.0)
+    panels = [1.0] if label_share is None else [1.0, 1.0]
     with figure_style():
         fig, axes = plt.subplots(
             1,
@@ -262,21 +271,10 @@ def draw_client_probabilities(
                 TEXT_WIDTH if label_share is not None else COLUMN_WIDTH + 1.4,
                 height,
             ),
-            gridspec_kw={"width_ratios": panels, "wspace": 0.35},
+            gridspec_kw={"width_ratios": panels, "wspace": 0.55},
             squeeze=False,
         )
         axes = list(axes[0])
-        if images is not None:
-            ax_img = axes.pop(0)
-            mosaic = _stack_images(images)
-            ax_img.imshow(
-                mosaic,
-                cmap="gray" if mosaic.ndim == 2 else None,
-                extent=(0, 1, b - 0.5, -0.5),
-                aspect="auto",
-                interpolation="nearest",
-            )
-            ax_img.set_axis_off()
         ax_p = axes[0]
         im = ax_p.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         traced = probs.argmax(axis=1)
@@ -290,12 +288,30 @@ def draw_client_probabilities(
             linewidths=0.9,
             label="Top-ranked client",
         )
+        label_axis = ax_p
+        divider = make_axes_locatable(ax_p)
+        if images is not None:
+            # Square thumbnails left of the rows, carrying the row labels.
+            label_axis = divider.append_axes("left", size=row_height, pad=0.03)
+            mosaic = _stack_images(images)
+            label_axis.imshow(
+                mosaic,
+                cmap="gray" if mosaic.ndim == 2 else None,
+                extent=(0, 1, b - 0.5, -0.5),
+                aspect="auto",
+                interpolation="nearest",
+            )
+            label_axis.set_xticks([])
+            label_axis.grid(False)
+            for spine in label_axis.spines.values():
+                spine.set_visible(False)
+            ax_p.set_yticks(range(b), [""] * b)
+        label_axis.set_yticks(range(b), list(row_labels))
         ax_p.set_xticks(range(k), list(client_labels), rotation=90 if k > 12 else 0)
-        ax_p.set_yticks(range(b), list(row_labels))
         ax_p.grid(False)
         ax_p.set_xlabel("Client")
         ax_p.set_title(title)
-        cbar = fig.colorbar(im, ax=ax_p, fraction=0.05, pad=0.03)
+        cbar = fig.colorbar(im, cax=divider.append_axes("right", size=0.1, pad=0.08))
         cbar.set_label("Client probability")
         if label_share is not None:
             ax_c = axes[1]
@@ -313,7 +329,10 @@ def draw_client_probabilities(
             ax_c.set_xlabel("Client")
             ax_c.set_ylabel("Label")
             ax_c.set_title("Share of each label held by each client")
-            cbar2 = fig.colorbar(im2, ax=ax_c, fraction=0.05, pad=0.03)
+            cbar2 = fig.colorbar(
+                im2,
+                cax=make_axes_locatable(ax_c).append_axes("right", size=0.1, pad=0.08),
+            )
             cbar2.set_label("Share of the label's samples")
         return fig
 

@@ -216,8 +216,16 @@ def _shown_columns(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
 
 
 def latex_table(frame: pd.DataFrame) -> str:
-    """A compact LaTeX table (accuracies in percent) of the informative columns."""
-    columns = _shown_columns(frame, (*SETTING_COLUMNS, *ACCURACY_COLUMNS))
+    """A compact LaTeX table (accuracies in percent) of the informative columns.
+
+    Dataset and model are always shown; other settings only where they vary.
+    """
+    varying = [
+        c
+        for c in SETTING_COLUMNS
+        if c in ("dataset", "model") or (c in frame and frame[c].nunique() > 1)
+    ]
+    columns = _shown_columns(frame, (*varying, *ACCURACY_COLUMNS))
     header = " & ".join(c.replace("_", " ") for c in columns)
     lines = [
         "\\begin{tabular}{" + "l" * len(columns) + "}",
