@@ -510,3 +510,78 @@ def test_console_script_is_declared_and_runs(hand_made: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "a 0.731  b 0.269" in proc.stdout
     assert "wrote" in proc.stdout
+
+
+def test_text_inputs_from_a_text_file_and_a_tensor_file(tmp_path: Path) -> None:
+    """A GPT-2 text model: --texts tokenises like the run, --tensors takes ids."""
+    from tracefl.text import build_text_model, encode_texts
+
+    torch.manual_seed(0)
+    global_model = build_text_model("gpt2-tiny", 14, max_seq_len=32)
+    state = global_model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "g.safetensors")
+    clients = []
+    for k in range(2):
+        torch.manual_seed(k + 1)
+        noisy = {
+            n: (v + 0.01 * torch.randn_like(v)) if v.is_floating_point() else v
+            for n, v in state.items()
+        }
+        path = tmp_path / f"c{k}.safetensors"
+        save_file({n: v.contiguous() for n, v in noisy.items()}, path)
+        clients.append((path, noisy))
+    texts = ["football player league", "river valley mountain lake"]
+    (tmp_path / "t.txt").write_text("3\t" + texts[0] + "\n7\t" + texts[1] + "\n")
+    ids = encode_texts(texts, "gpt2-tiny", 32)
+    save_file(ids, tmp_path / "ids.safetensors")
+    common = [
+        "explain",
+        "--model",
+        "gpt2-tiny",
+        "--dataset",
+        "dbpedia_14",
+        "--max-seq-len",
+        "32",
+        "--global",
+        str(tmp_path / "g.safetensors"),
+        "--clients",
+        *(str(p) for p, _ in clients),
+        "--client-weights",
+        "2,1",
+        "-q",
+        "--no-plot",
+    ]
+    assert (
+        main(
+            [*common, "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "a")]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                *common,
+                "--tensors",
+                str(tmp_path / "ids.safetensors"),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
+    a = pd.read_csv(tmp_path / "a" / "ranking.csv")
+    b = pd.read_csv(tmp_path / "b" / "ranking.csv")
+    assert a.query("rank == 1")["true_label"].tolist() == [3, 7]
+    expected = (
+        NeuronProvenance(
+            global_model,
+            [s for _, s in clients],
+            [2, 1],
+            ["c0", "c1"],
+            scale_by_data_share=True,
+        )
+        .attribute(ids)
+        .probs.numpy()
+    )
+    np.testing.assert_allclose(wide(a), expected, atol=1e-12)
+    np.testing.assert_allclose(wide(b), expected, atol=1e-12)
