@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Table 2 / Fig. 4 - differential privacy.
-# Reduced scale (offline, 2 CPUs) by default; add --scale paper for the paper's
-# settings, --plot-only to rebuild tables/figures from existing CSVs.
+# Table 2 / Fig. 4 - differential privacy (noise x clipping).
+# Config: conf/dp.toml (a Flower run config: `flwr run . --run-config
+# conf/dp.toml` runs one point) and its grid conf/dp.grid.toml.
+# Reduced scale (offline, 2 CPUs) by default; --scale paper for the paper's
+# settings, --plot-only to rebuild tables/figures from existing CSVs,
+# --dry-run to list the runs. A completed run is skipped only if its stored
+# config is the one it would run now (else: refused; --rerun-changed).
 # Outputs: results/dp/ (per-run CSVs, summary.csv/.tex, PNG/PDF figures).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

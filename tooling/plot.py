@@ -1,7 +1,11 @@
 """Rebuild every figure and summary table from existing CSVs (no training).
 
-python -m tooling.plot                 # every experiment under results/
+python -m tooling.plot                 # every experiment and run under results/
 python -m tooling.plot results/default # one run directory
+python -m tooling.plot --markdown      # also print each summary as Markdown
+
+Experiment figures quoted in the README are copied to ``_static/`` (reduced
+scale only), as the experiment scripts do.
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from tooling.experiments import EXPERIMENTS, summarize
+from tooling.experiments import summarize
 from tooling.flower_local import REPO_ROOT as REPO
 from tracefl.plotting import plot_run
-from tracefl.report import SETTING_COLUMNS, SUMMARY_COLUMNS, markdown_table
+from tracefl.report import (
+    SETTING_COLUMNS,
+    SUMMARY_COLUMNS,
+    is_experiment_dir,
+    is_run_dir,
+    markdown_table,
+)
 
 #: Everything but the setting columns (the run name already says them).
 MARKDOWN_COLUMNS = [
@@ -40,15 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     for path in targets:
         path = path.resolve()
-        name = path.name.removesuffix("-paper")
-        if name in EXPERIMENTS:
-            summarize(EXPERIMENTS[name], path, copy_static=path.name == name)
+        if is_run_dir(path):
+            print("\n".join(str(p) for p in plot_run(path)))
+        elif is_experiment_dir(path):
+            copy_static = not path.name.endswith("-paper")
+            summarize(path.name, path, copy_static=copy_static, show=not args.markdown)
             if args.markdown:
                 frame = pd.read_csv(path / "summary.csv")
-                print(f"\n### {name}\n")
+                print(f"\n### {path.name}\n")
                 print(markdown_table(frame, MARKDOWN_COLUMNS))
-        elif (path / "rounds.csv").is_file():
-            print("\n".join(str(p) for p in plot_run(path)))
         else:
             print(f"skipping {path}: neither an experiment nor a run", file=sys.stderr)
     return 0

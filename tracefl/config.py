@@ -151,6 +151,12 @@ class TraceFLConfig:
     output_dir: str = ""
     overwrite: bool = False
     plots: bool = True
+    # --- Keep models (tracefl.model_store) ----------------------------------
+    keep_final_model: bool = False
+    keep_models_rounds: str = ""
+    keep_models_max_files: int = 1000
+    keep_models_max_mb: float = 2048.0
+    # --- end keep models ----------------------------------------------------
 
     # Derived, not run-config keys.
     faulty_client_ids: tuple[int, ...] = field(default=(), compare=False)
@@ -193,6 +199,19 @@ class TraceFLConfig:
         if self.provenance_rounds.strip().lower() == "all":
             return None
         return {int(tok) for tok in self.provenance_rounds.split(",") if tok.strip()}
+
+    # --- Keep models --------------------------------------------------------
+    def keep_models_round_set(self) -> set[int] | None:
+        """Rounds whose client models are kept: ``None`` for every round.
+
+        An empty ``keep-models-rounds`` keeps none (the empty set).
+        """
+        text = self.keep_models_rounds.strip().lower()
+        if text == "all":
+            return None
+        return {int(tok) for tok in text.split(",") if tok.strip()}
+
+    # --- end keep models ----------------------------------------------------
 
     def to_run_config(self) -> dict[str, Any]:
         """The kebab-case run-config view of this object (for ``run.json``)."""
@@ -607,6 +626,8 @@ def validate(cfg: TraceFLConfig) -> None:
             f"rounds must be <= num-server-rounds ({cfg.num_server_rounds})",
         )
 
+    _validate_keep_models(cfg)
+
     if dataset_spec(cfg.dataset).source == "medmnist":
         _require(
             cfg.image_size in MEDMNIST_SIZES,
@@ -731,3 +752,41 @@ def _check_aggregator_federation(cfg: TraceFLConfig, federation_size: int) -> No
 
 
 # --- aggregators: end -------------------------------------------------------------
+
+
+# --- Keep models ----------------------------------------------------------------
+
+
+def _validate_keep_models(cfg: TraceFLConfig) -> None:
+    """Check the ``keep-*`` keys (what :mod:`tracefl.model_store` saves)."""
+    text = cfg.keep_models_rounds.strip().lower()
+    if text and text != "all":
+        toks = [t.strip() for t in text.split(",") if t.strip()]
+        _require(
+            bool(toks) and all(t.isdigit() and int(t) >= 1 for t in toks),
+            "keep-models-rounds",
+            cfg.keep_models_rounds,
+            "expected '' (none), 'all' or comma-separated round numbers >= 1, "
+            "e.g. '1,3'",
+        )
+        _require(
+            max(int(t) for t in toks) <= cfg.num_server_rounds,
+            "keep-models-rounds",
+            cfg.keep_models_rounds,
+            f"rounds must be <= num-server-rounds ({cfg.num_server_rounds})",
+        )
+    _require(
+        cfg.keep_models_max_files >= 1,
+        "keep-models-max-files",
+        cfg.keep_models_max_files,
+        "must be >= 1",
+    )
+    _require(
+        math.isfinite(cfg.keep_models_max_mb) and cfg.keep_models_max_mb > 0,
+        "keep-models-max-mb",
+        cfg.keep_models_max_mb,
+        "must be a finite number > 0",
+    )
+
+
+# --- end keep models --------------------------------------------------------------

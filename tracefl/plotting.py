@@ -1,24 +1,69 @@
 """Figures of one run, rebuilt from its CSVs alone (no training needed).
 
-``plot_run(out_dir)`` reads ``rounds.csv``, ``inputs.csv`` and ``clients.csv`` and
-writes, as PNG and PDF:
+``plot_run(out_dir)`` reads ``rounds.csv``, ``inputs.csv``, ``clients.csv`` and
+``run.json`` and writes, as PNG and PDF:
 
 * ``accuracy.{png,pdf}`` - global test accuracy and localization accuracy
   (paper and strict metrics, or faulty-client accuracy and FedDebug) per round,
-  with the random baselines as dashed lines;
+  with the random baselines as dotted lines;
 * ``provenance_round_<r>.{png,pdf}`` - the paper's Fig. 1 view: the client
   probabilities of every traced input next to each client's label distribution.
+
+Figures are drawn at the size they are printed (one column ``COLUMN_WIDTH``
+or the full text width ``TEXT_WIDTH`` of a two-column paper), so 8 pt fonts
+stay 8 pt; legends sit outside the data, round axes have integer ticks.
+:func:`plot_client_probabilities` is shared with ``tracefl explain``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
+from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from tracefl.results_io import atomic_open
+
+#: Width of one column / of the text of a two-column paper (inches).
+COLUMN_WIDTH = 3.4
+TEXT_WIDTH = 7.0
+#: Font sizes (pt) at that size: readable when pasted at 100 %.
+FONT_SIZE = 8
+SMALL_FONT_SIZE = 7
+
+STYLE = {
+    "font.size": FONT_SIZE,
+    "axes.titlesize": FONT_SIZE,
+    "axes.labelsize": FONT_SIZE,
+    "xtick.labelsize": SMALL_FONT_SIZE,
+    "ytick.labelsize": SMALL_FONT_SIZE,
+    "legend.fontsize": SMALL_FONT_SIZE,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "pdf.fonttype": 42,
+    "svg.fonttype": "none",
+}
+
+
+@contextlib.contextmanager
+def figure_style() -> Iterator[None]:
+    """TraceFL's figure style, for the duration of one plot (no global change)."""
+    with mpl.rc_context(STYLE):
+        yield
 
 
 def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
@@ -33,7 +78,7 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
             fig.savefig(
                 handle,
                 format=suffix[1:],
-                dpi=150,
+                dpi=200,
                 bbox_inches="tight",
                 metadata=metadata,
             )
@@ -49,44 +94,279 @@ def numeric_column(frame: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(frame[column], errors="coerce")
 
 
-def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
-    """Global and localization accuracy per round, with random baselines."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    r = rounds["round"]
-    ax.plot(
-        r,
-        100 * numeric_column(rounds, "test_accuracy"),
-        "k-o",
-        label="Global model acc.",
+def integer_rounds(ax: plt.Axes, rounds: Sequence[float]) -> None:
+    """Integer ticks on a round axis (every round when there are few)."""
+    values = sorted({int(r) for r in rounds})
+    if values and len(values) <= 12:
+        ax.set_xticks(values)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if values:
+        ax.set_xlim(values[0] - 0.3, values[-1] + 0.3)
+
+
+def legend_below(ax: plt.Axes, ncol: int = 2, **kwargs: Any) -> None:
+    """A legend under the axes (outside the data), ``ncol`` entries per row."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ax.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=ncol,
+        handlelength=2.2,
+        columnspacing=1.2,
+        **kwargs,
     )
+
+
+def legend_right(ax: plt.Axes, **kwargs: Any) -> None:
+    """A legend right of the axes (outside the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(
+            handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), **kwargs
+        )
+
+
+def format_value(value: Any) -> str:
+    """A setting value for labels: ``0.1`` not ``0.10000000000000002``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def run_title(config: Mapping[str, Any]) -> str:
+    """A figure title from a run's config, e.g. ``mnist, cnn, 10 clients, α=0.3``."""
+    parts = [
+        str(config.get("dataset", "")),
+        str(config.get("model", "")),
+        f"{config.get('num-clients', '?')} clients",
+        rf"$\alpha$ = {format_value(config.get('dirichlet-alpha', ''))}",
+    ]
+    if float(config.get("noise-multiplier", 0) or 0) > 0:
+        parts.append(f"DP noise {format_value(config['noise-multiplier'])}")
+    if config.get("faulty-clients"):
+        parts.append(f"faulty client(s) {config['faulty-clients']}")
+    return ", ".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def draw_accuracy(rounds: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Global and localization accuracy per round, with random baselines."""
     faulty = numeric_column(rounds, "faulty_accuracy").notna().any()
     series = (
         [
-            ("faulty_accuracy", "TraceFL faulty-client loc.", "C0", "-s"),
-            ("feddebug_accuracy", "FedDebug", "C3", "-^"),
-            ("faulty_random_baseline", "Random client", "C0", ":"),
+            ("faulty_accuracy", "TraceFL: faulty client found", "C0", "-", "s"),
+            ("feddebug_accuracy", "FedDebug: faulty client found", "C3", "-", "^"),
+            ("faulty_random_baseline", "Random client", "C0", ":", ""),
         ]
         if faulty
         else [
-            ("paper_accuracy", "TraceFL loc. (paper metric)", "C0", "-s"),
-            ("strict_accuracy", "TraceFL loc. (strict metric)", "C1", "-^"),
-            ("paper_random_baseline", "Random client (paper)", "C0", ":"),
-            ("strict_random_baseline", "Random client (strict)", "C1", ":"),
+            ("paper_accuracy", "TraceFL, paper metric", "C0", "-", "s"),
+            ("paper_random_baseline", "Random client, paper metric", "C0", ":", ""),
+            ("strict_accuracy", "TraceFL, strict metric", "C1", "-", "^"),
+            ("strict_random_baseline", "Random client, strict metric", "C1", ":", ""),
         ]
     )
-    for column, label, color, style in series:
-        values = numeric_column(rounds, column)
-        if values.notna().any():
-            ax.plot(r, 100 * values, style, color=color, label=label)
-    ax.set_xlabel("Round")
-    ax.set_ylabel("Accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_xticks(list(r))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return save_figure(fig, stem)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
+        r = rounds["round"]
+        ax.plot(
+            r,
+            100 * numeric_column(rounds, "test_accuracy"),
+            "-o",
+            color="k",
+            label="Global model accuracy",
+        )
+        for column, label, color, line, marker in series:
+            values = numeric_column(rounds, column)
+            known = values.notna()
+            if known.any():
+                # Only the rounds that have a value: a line across an untraced
+                # round instead of a gap, and a point even for a single round.
+                ax.plot(
+                    r[known],
+                    100 * values[known],
+                    linestyle=line,
+                    marker=marker or ".",
+                    color=color,
+                    label=label,
+                )
+        untraced = r[rounds["status"] != "traced"] if "status" in rounds else r[:0]
+        for i, server_round in enumerate(untraced):
+            ax.axvspan(
+                server_round - 0.5,
+                server_round + 0.5,
+                color="0.9",
+                zorder=0,
+                label="Round not traced (see rounds.csv)" if i == 0 else None,
+            )
+        ax.set_xlabel("Round")
+        ax.set_ylabel("Accuracy (%)")
+        ax.set_ylim(-2, 104)
+        integer_rounds(ax, r)
+        legend_below(ax, ncol=2)
+        if title:
+            ax.set_title(title)
+        return fig
+
+
+def plot_accuracy(rounds: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
+    """Draw with :func:`draw_accuracy` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(draw_accuracy(rounds, title), stem)
+
+
+# ------------------------------------------------------ client probabilities
+
+
+def draw_client_probabilities(
+    probs: np.ndarray,
+    row_labels: Sequence[str],
+    client_labels: Sequence[str],
+    *,
+    title: str,
+    label_share: np.ndarray | None = None,
+    class_labels: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+) -> plt.Figure:
+    """Per-input client probabilities as a heatmap, the top client boxed.
+
+    Parameters
+    ----------
+    probs
+        ``(B, K)`` probability of each client for each input.
+    row_labels, client_labels
+        ``B`` input names and ``K`` client names.
+    stem
+        Output path without suffix (``.png`` and ``.pdf`` are written).
+    title
+        Title of the probability panel.
+    label_share
+        ``(K, C)`` share of each label held by each client: drawn as a second
+        panel (the paper's Fig. 1 view).
+    class_labels
+        ``C`` names of the label-share rows.
+    images
+        ``(B, H, W[, C])`` uint8 pictures of the inputs, drawn left of the rows.
+
+    """
+    probs = np.asarray(probs, dtype=float)
+    b, k = probs.shape
+    row_height = 0.17
+    height = max(2.2, row_height * b + 1.1)
+    panels = [1.0] if label_share is None else [1.0, 1.0]
+    with figure_style():
+        fig, axes = plt.subplots(
+            1,
+            len(panels),
+            figsize=(
+                TEXT_WIDTH if label_share is not None else COLUMN_WIDTH + 1.4,
+                height,
+            ),
+            gridspec_kw={"width_ratios": panels, "wspace": 0.55},
+            squeeze=False,
+        )
+        axes = list(axes[0])
+        ax_p = axes[0]
+        im = ax_p.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        traced = probs.argmax(axis=1)
+        ax_p.scatter(
+            traced,
+            np.arange(b),
+            marker="s",
+            s=40,
+            facecolors="none",
+            edgecolors="white",
+            linewidths=0.9,
+            label="Top-ranked client",
+        )
+        label_axis = ax_p
+        divider = make_axes_locatable(ax_p)
+        if images is not None:
+            # Square thumbnails left of the rows, carrying the row labels.
+            label_axis = divider.append_axes("left", size=row_height, pad=0.03)
+            mosaic = _stack_images(images)
+            label_axis.imshow(
+                mosaic,
+                cmap="gray" if mosaic.ndim == 2 else None,
+                extent=(0, 1, b - 0.5, -0.5),
+                aspect="auto",
+                interpolation="nearest",
+            )
+            label_axis.set_xticks([])
+            label_axis.grid(False)
+            for spine in label_axis.spines.values():
+                spine.set_visible(False)
+            ax_p.set_yticks(range(b), [""] * b)
+        label_axis.set_yticks(range(b), list(row_labels))
+        ax_p.set_xticks(range(k), list(client_labels), rotation=90 if k > 12 else 0)
+        ax_p.grid(False)
+        ax_p.set_xlabel("Client")
+        ax_p.set_title(title)
+        cbar = fig.colorbar(im, cax=divider.append_axes("right", size=0.1, pad=0.08))
+        cbar.set_label("Client probability")
+        if label_share is not None:
+            ax_c = axes[1]
+            im2 = ax_c.imshow(
+                np.asarray(label_share, dtype=float).T,
+                aspect="auto",
+                cmap="magma",
+                vmin=0,
+                vmax=1,
+            )
+            c = label_share.shape[1]
+            ax_c.set_xticks(range(k), list(client_labels), rotation=90 if k > 12 else 0)
+            ax_c.set_yticks(range(c), list(class_labels or [str(i) for i in range(c)]))
+            ax_c.grid(False)
+            ax_c.set_xlabel("Client")
+            ax_c.set_ylabel("Label")
+            ax_c.set_title("Share of each label held by each client")
+            cbar2 = fig.colorbar(
+                im2,
+                cax=make_axes_locatable(ax_c).append_axes("right", size=0.1, pad=0.08),
+            )
+            cbar2.set_label("Share of the label's samples")
+        return fig
+
+
+def plot_client_probabilities(
+    probs: np.ndarray,
+    row_labels: Sequence[str],
+    client_labels: Sequence[str],
+    stem: Path,
+    *,
+    title: str,
+    label_share: np.ndarray | None = None,
+    class_labels: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+) -> list[Path]:
+    """Draw with :func:`draw_client_probabilities` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(
+            draw_client_probabilities(
+                probs,
+                row_labels,
+                client_labels,
+                title=title,
+                label_share=label_share,
+                class_labels=class_labels,
+                images=images,
+            ),
+            stem,
+        )
+
+
+def _stack_images(images: np.ndarray) -> np.ndarray:
+    """``(B, H, W[, C])`` pictures stacked top to bottom into one image."""
+    return np.concatenate(list(images), axis=0)
 
 
 def plot_provenance_round(
@@ -100,43 +380,36 @@ def plot_provenance_round(
     label_cols = [c for c in held.columns if c.startswith("label_")]
     counts = held[label_cols].to_numpy(dtype=float)
     share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
-
-    height = max(3.0, 0.22 * len(rows) + 1.5)
-    fig, (ax_p, ax_c) = plt.subplots(
-        1, 2, figsize=(11, height), gridspec_kw={"width_ratios": [1, 1]}
-    )
-    im = ax_p.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax_p.set_xticks(range(len(client_ids)), [str(c) for c in client_ids], fontsize=7)
-    ax_p.set_yticks(
-        range(len(rows)),
+    return plot_client_probabilities(
+        probs,
         [
             f"#{i} (y={t})"
             for i, t in zip(rows["input_index"], rows["true_label"], strict=True)
         ],
-        fontsize=6,
+        [str(c) for c in client_ids],
+        stem,
+        title=f"Round {server_round}: TraceFL client probabilities",
+        label_share=share,
+        class_labels=[c.removeprefix("label_") for c in label_cols],
     )
-    ax_p.set_xlabel("Client")
-    ax_p.set_title(f"Round {server_round}: TraceFL client probabilities", fontsize=9)
-    fig.colorbar(im, ax=ax_p, fraction=0.04)
-    im2 = ax_c.imshow(share.T, aspect="auto", cmap="magma", vmin=0, vmax=1)
-    ax_c.set_xticks(range(len(client_ids)), [str(c) for c in client_ids], fontsize=7)
-    ax_c.set_yticks(
-        range(len(label_cols)),
-        [c.removeprefix("label_") for c in label_cols],
-        fontsize=6,
-    )
-    ax_c.set_xlabel("Client")
-    ax_c.set_ylabel("Label")
-    ax_c.set_title("Share of each label held by each client", fontsize=9)
-    fig.colorbar(im2, ax=ax_c, fraction=0.04)
-    return save_figure(fig, stem)
+
+
+def read_run_config(out_dir: Path) -> dict[str, Any]:
+    """The ``config`` of a run's ``run.json`` (empty if there is none)."""
+    path = Path(out_dir) / "run.json"
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("config", {}))
 
 
 def plot_run(out_dir: Path) -> list[Path]:
     """Rebuild every figure of one run directory from its CSVs."""
     out_dir = Path(out_dir)
     rounds = pd.read_csv(out_dir / "rounds.csv")
-    paths = plot_accuracy(rounds, out_dir / "accuracy", title=out_dir.name)
+    config = read_run_config(out_dir)
+    paths = plot_accuracy(
+        rounds, out_dir / "accuracy", title=run_title(config) if config else ""
+    )
     inputs_path, clients_path = out_dir / "inputs.csv", out_dir / "clients.csv"
     if inputs_path.exists() and clients_path.exists():
         inputs = pd.read_csv(inputs_path)

