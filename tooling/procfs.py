@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -106,8 +107,15 @@ class ListeningSocket:
 
     @property
     def loopback(self) -> bool:
-        """Whether the socket accepts connections from this host only."""
-        return ipaddress.ip_address(self.address).is_loopback
+        """Whether the socket accepts connections from this host only.
+
+        An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``, how Ray's gRPC
+        servers show up) counts by its IPv4 address.
+        """
+        address = ipaddress.ip_address(self.address)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return address.is_loopback
 
 
 def _socket_inodes(pid: int) -> set[int]:
@@ -166,3 +174,52 @@ def pids_listening_on(port: int) -> list[int]:
     return sorted(
         {sock.pid for sock in listening_sockets(_pids()) if sock.port == port}
     )
+
+
+@dataclass
+class Observation:
+    """What :func:`observe` saw: every tagged PID and every socket they listened on."""
+
+    pids: set[int] = field(default_factory=set)
+    sockets: set[ListeningSocket] = field(default_factory=set)
+    commands: dict[int, str] = field(default_factory=dict)
+
+    def not_loopback(self) -> list[str]:
+        """Listening sockets reachable from other hosts, described for a message."""
+        return [
+            f"pid {s.pid} ({self.commands.get(s.pid, '?')}) on {s.address}:{s.port}"
+            for s in sorted(self.sockets, key=lambda s: (s.pid, s.port))
+            if not s.loopback
+        ]
+
+
+def command_line(pid: int) -> str:
+    """``/proc/<pid>/cmdline`` as one string ('' when gone)."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def observe(
+    tag: str,
+    until: Callable[[], bool],
+    poll: float = 0.5,
+    into: Observation | None = None,
+) -> Observation:
+    """Record tagged processes and their listening sockets until ``until()`` is true.
+
+    Command lines are (re)read at every poll, so a process seen between
+    ``fork`` and ``exec`` ends up under its final command.
+    """
+    seen = into if into is not None else Observation()
+    while True:
+        pids = tagged_pids(tag)
+        seen.pids.update(pids)
+        for pid in pids:
+            seen.commands[pid] = command_line(pid) or seen.commands.get(pid, "")
+        seen.sockets.update(listening_sockets(pids))
+        if until():
+            return seen
+        time.sleep(poll)

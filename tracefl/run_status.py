@@ -359,14 +359,17 @@ def _resolve(path: Path) -> Path:
     return path / "run.json" if path.is_dir() else path
 
 
-def _age_s(stamp: Any) -> float | None:
+def _parse_time(stamp: Any) -> datetime | None:
     try:
         then = datetime.fromisoformat(str(stamp))
     except ValueError:
         return None
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - then).total_seconds()
+    return then if then.tzinfo is not None else then.replace(tzinfo=UTC)
+
+
+def _age_s(stamp: Any) -> float | None:
+    then = _parse_time(stamp)
+    return None if then is None else (datetime.now(UTC) - then).total_seconds()
 
 
 def _process_gone(process: Mapping[str, Any]) -> bool | None:
@@ -392,7 +395,12 @@ def _process_gone(process: Mapping[str, Any]) -> bool | None:
     return recorded_ticks is not None and ticks is not None and ticks != recorded_ticks
 
 
-def read_run_status(path: Path, *, stale_after: float | None = None) -> RunStatus:
+def read_run_status(
+    path: Path,
+    *,
+    stale_after: float | None = None,
+    started_after: datetime | None = None,
+) -> RunStatus:
     """Read a run's status; ``running`` whose process is gone reads ``interrupted``.
 
     Parameters
@@ -403,6 +411,9 @@ def read_run_status(path: Path, *, stale_after: float | None = None) -> RunStatu
         Seconds without a heartbeat after which a ``running`` record written on
         another host counts as interrupted (default: 12 heartbeat intervals).
         On the writer's own host the process itself is checked instead.
+    started_after
+        A launcher's start time (aware datetime): a record of a run that
+        started before it belongs to an earlier run and reads as ``missing``.
     """
     path = _resolve(path)
     try:
@@ -423,6 +434,16 @@ def read_run_status(path: Path, *, stale_after: float | None = None) -> RunStatu
             reason=f"{path} holds status {status!r}, not one of {', '.join(STATUSES)}",
             record=record if isinstance(record, dict) else {},
         )
+    if started_after is not None:
+        started = _parse_time(record.get("started"))
+        if started is None or started < started_after:
+            return RunStatus(
+                path,
+                MISSING,
+                reason=f"{path} is from an earlier run (started "
+                f"{record.get('started')}, before {started_after.isoformat()})",
+                record=record,
+            )
     age = _age_s(record.get("heartbeat"))
     result = RunStatus(
         path,
@@ -464,16 +485,23 @@ def _interrupted(result: RunStatus, reason: str) -> RunStatus:
 
 
 def wait_for_final_status(
-    path: Path, timeout: float, *, poll: float = 0.5, stale_after: float | None = None
+    path: Path,
+    timeout: float,
+    *,
+    poll: float = 0.5,
+    stale_after: float | None = None,
+    started_after: datetime | None = None,
 ) -> RunStatus:
     """Read the status, waiting up to ``timeout`` s while the run is still ``running``.
 
     Launchers call this once ``flwr run`` has returned: the ServerApp may still
-    be writing its last record.
+    be writing its last record. Keywords as in :func:`read_run_status`.
     """
     deadline = time.monotonic() + timeout
     while True:
-        status = read_run_status(path, stale_after=stale_after)
+        status = read_run_status(
+            path, stale_after=stale_after, started_after=started_after
+        )
         if status.status != RUNNING or time.monotonic() >= deadline:
             return status
         time.sleep(poll)
