@@ -419,7 +419,11 @@ def read_run_status(
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return RunStatus(path, MISSING, reason=f"no run.json at {path}")
+        return RunStatus(
+            path,
+            MISSING,
+            reason="no run.json: the run never started or failed before writing it",
+        )
     except OSError as err:
         return RunStatus(path, UNREADABLE, reason=f"cannot read {path}: {err}")
     try:
