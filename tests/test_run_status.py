@@ -321,3 +321,12 @@ def test_result_files_follow_the_process_umask(
     ):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_record_without_process_identity_is_running_but_says_unknown(
+    tmp_path: Path,
+) -> None:
+    write_json(tmp_path / "run.json", {"status": "running", "started": "2020-01-01"})
+    status = read_run_status(tmp_path)
+    assert status.status == RUNNING and not status.inferred
+    assert "unknown" in (status.reason or "")

@@ -459,7 +459,16 @@ def read_run_status(
     )
     if status != RUNNING:
         return result
-    process = record.get("process") or {}
+    process = record.get("process")
+    if not isinstance(process, dict):
+        return RunStatus(
+            path,
+            RUNNING,
+            reason="the record names no process (written without the status "
+            "protocol): whether the run still lives is unknown",
+            heartbeat_age_s=age,
+            record=record,
+        )
     who = f"process {process.get('pid')} on host {process.get('host')}"
     gone = _process_gone(process)
     if gone:
