@@ -648,6 +648,13 @@ def _parser() -> argparse.ArgumentParser:
         "real SuperNodes on 127.0.0.1 (num-clients=N)",
     )
     parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="output-dir unless a -c output-dir=... is given (any characters, "
+        "no TOML quoting needed)",
+    )
+    parser.add_argument(
         "--log-dir",
         type=Path,
         default=None,
@@ -656,6 +663,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-cpus", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=None)
     return parser
+
+
+def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run config of the CLI: ``-c`` values, then ``--output-dir`` if unset.
+
+    Raises
+    ------
+    RunConfigArgError
+        For a ``-c`` argument that cannot be read.
+    """
+    run_config = parse_assignments(args.run_config)
+    if args.output_dir is not None:
+        run_config.setdefault("output-dir", str(args.output_dir))
+    return run_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -669,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.timeout is not None and not args.timeout > 0:
         parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
     try:  # fail at once, before any process starts or any training runs
-        run_config = parse_assignments(args.run_config)
+        run_config = run_config_from_args(args)
         parse_run_config(
             {**run_config, "num-clients": args.deployment}
             if args.deployment is not None
