@@ -14,7 +14,9 @@ as the tagged process listening on its HTTP port - is stopped by PID afterwards.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -90,10 +92,18 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxed]:
     sandbox = FlwrSandbox(home=base / "flwr-home")
     with sandbox:
         yield Sandboxed(sandbox, copy_app(base / "app"))
+        # What the README tells users: stop the detached SuperLink by its PID
+        # (found by its port); its SuperExec and any run follow it.
         superlinks = sandbox.superlink_pids()
-    # After stop(): nothing the CLI started is left, the detached SuperLink included.
+        assert len(superlinks) == 1
+        left = sandbox.processes()
+        assert superlinks[0] in left
+        os.kill(superlinks[0], signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(pid_alive(p) for p in left):
+            time.sleep(0.2)
+        assert [p for p in left if pid_alive(p)] == []
     assert sandbox.processes() == []
-    assert not [pid for pid in superlinks if pid_alive(pid)]
 
 
 def test_flwr_run_dot_completes_on_the_default_federation(cli: Sandboxed) -> None:

@@ -13,7 +13,7 @@ import click
 import pytest
 from flwr.common.config import parse_config_args
 
-from tooling.flower_local import _parser, run_config_from_args, run_json_path
+from tooling.flower_local import build_parser, run_config_from_args, run_json_path
 from tooling.run_config_args import (
     RunConfigArgError,
     config_args,
@@ -166,7 +166,7 @@ def test_run_json_path_for_valid_and_invalid_configs(tmp_path) -> None:
 
 def test_cli_output_dir_is_a_default_that_c_overrides() -> None:
     odd = '/x/it\'s "q" ü'
-    args = _parser().parse_args(["--output-dir", odd, "-c", "lr=0.5"])
+    args = build_parser().parse_args(["--output-dir", odd, "-c", "lr=0.5"])
     assert run_config_from_args(args) == {"lr": 0.5, "output-dir": odd}
-    args = _parser().parse_args(["--output-dir", odd, "-c", "output-dir=/mine"])
+    args = build_parser().parse_args(["--output-dir", odd, "-c", "output-dir=/mine"])
     assert run_config_from_args(args) == {"output-dir": "/mine"}

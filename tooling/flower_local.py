@@ -623,7 +623,7 @@ def interrupt_as_exit() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "-c",
@@ -681,7 +681,7 @@ def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: run the app once on a private simulation or deployment SuperLink."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("num_supernodes", "deployment", "client_cpus"):
         value = getattr(args, name)
