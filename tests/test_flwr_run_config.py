@@ -41,7 +41,10 @@ def test_at_least_five_rows() -> None:
 
 @pytest.mark.parametrize("row", FLWR_ROWS, ids=lambda row: row.id)
 def test_flwr_run_fails_before_training_naming_the_key(
-    link: LocalSuperLink, tmp_path: Path, row: BadConfig
+    link: LocalSuperLink,
+    tmp_path: Path,
+    row: BadConfig,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
     config = {**parse_assignments(list(row.args)), "output-dir": str(out)}
@@ -52,6 +55,9 @@ def test_flwr_run_fails_before_training_naming_the_key(
     print(f"{row.id}: rc {rc} after {time.monotonic() - start:.1f}s")
     log_text = log_path.read_text()
     assert rc == 1, log_text[-3000:]
+    # The launcher says what happened and where to look.
+    err = capsys.readouterr().err
+    assert "error: run status: " in err and f"logs: {log_path}" in err, err
     assert "[ROUND 1/" not in log_text  # failed before any training round
     assert not (out / "rounds.csv").exists()
     status = read_run_status(out)

@@ -267,6 +267,7 @@ def test_full_disk_is_never_completed(
         rc = launcher.wait(timeout=600)
     text = log_path.read_text()
     assert "No space left on device" in text, text[-3000:]
+    assert "run status: " in text and "logs: " in text, text[-3000:]
     assert wait_gone(mark, timeout=30) == []
     status = read_run_status(copied)
     assert status.status != COMPLETED, status.describe()  # ServerApp (issue 12)
