@@ -191,13 +191,17 @@ def test_every_bad_reply_kind_is_excluded(link: LocalSuperLink, tmp_path: Path) 
 def test_one_client_sleeps_past_round_timeout(
     link: LocalSuperLink, tmp_path: Path
 ) -> None:
+    """The round closes at round-timeout without the sleeper's reply.
+
+    Flower's simulation still waits for the sleeping ClientApp before the run
+    ends (``flwr run`` returns after it), so the sleep is kept short.
+    """
     outcome = run_faulty(
         link,
         tmp_path,
-        [ClientFault("sleep", partitions=(2,), seconds=600.0)],
-        **{"round-timeout": 45.0, "min-train-nodes": 2},
+        [ClientFault("sleep", partitions=(2,), seconds=90.0)],
+        **{"round-timeout": 40.0, "min-train-nodes": 2},
     )
-    assert outcome.seconds < 300  # the sleeper did not hold the run
     assert outcome.status.status == COMPLETED, outcome.status.describe()
     assert outcome.rc == 0
     assert participants(outcome, 1) == "0;1"
