@@ -199,8 +199,8 @@ def test_one_client_sleeps_past_round_timeout(
     outcome = run_faulty(
         link,
         tmp_path,
-        [ClientFault("sleep", partitions=(2,), seconds=90.0)],
-        **{"round-timeout": 40.0, "min-train-nodes": 2},
+        [ClientFault("sleep", partitions=(2,), seconds=45.0)],
+        **{"round-timeout": 30.0, "min-train-nodes": 2},
     )
     assert outcome.status.status == COMPLETED, outcome.status.describe()
     assert outcome.rc == 0
