@@ -268,10 +268,10 @@ def test_missing_and_unreadable_records(tmp_path: Path) -> None:
 def test_wait_for_final_status_waits_while_running(run_json: Path) -> None:
     writer = RunStatusWriter(run_json, heartbeat_interval=0.05)
     writer.start()
+    assert wait_for_final_status(run_json, timeout=0.0).status == RUNNING
     timer = threading.Timer(0.5, writer.complete)
     timer.start()
     try:
-        assert wait_for_final_status(run_json, timeout=0.0).status == RUNNING
         assert wait_for_final_status(run_json, timeout=20.0).status == COMPLETED
     finally:
         timer.join()
