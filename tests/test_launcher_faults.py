@@ -193,14 +193,16 @@ def test_one_client_sleeps_past_round_timeout(
 ) -> None:
     """The round closes at round-timeout without the sleeper's reply.
 
-    Flower's simulation still waits for the sleeping ClientApp before the run
-    ends (``flwr run`` returns after it), so the sleep is kept short.
+    The timeout must cover a cold start of Ray's actors (30 s was too short on
+    a loaded 2-core machine). Flower's simulation still waits for the sleeping
+    ClientApp before the run ends (``flwr run`` returns after it), so the sleep
+    is only a little longer than the timeout.
     """
     outcome = run_faulty(
         link,
         tmp_path,
-        [ClientFault("sleep", partitions=(2,), seconds=45.0)],
-        **{"round-timeout": 30.0, "min-train-nodes": 2},
+        [ClientFault("sleep", partitions=(2,), seconds=70.0)],
+        **{"round-timeout": 60.0, "min-train-nodes": 2},
     )
     assert outcome.status.status == COMPLETED, outcome.status.describe()
     assert outcome.rc == 0
@@ -241,9 +243,9 @@ def test_sigkilled_launcher_leaves_nothing_running(tmp_path: Path) -> None:
             assert wait_gone(mark, timeout=90) == []
         finally:
             launcher.kill()
+    assert "stopped tagged processes" in (tmp_path / "logs" / "reaper.log").read_text()
     status = read_run_status(out)
-    assert status.status == INTERRUPTED, status.describe()
-    assert (tmp_path / "logs" / "reaper.log").read_text().count("stopped tagged")
+    assert status.status == INTERRUPTED, status.describe()  # ServerApp (issue 12)
 
 
 @pytest.mark.parametrize(
