@@ -22,8 +22,13 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] \
     "$VENV/bin/python" -m pip install --quiet -e "$REPO[dev]"
     echo "$WANT" > "$STAMP"
 fi
-# Flower: never `uv sync` the app into a fresh multi-GB venv per run.
+# Flower: never `uv sync` the app into a fresh multi-GB venv per run (read when
+# a SuperLink starts, so it must be set before `flwr run` starts one).
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_DISABLE_UPDATE_CHECK=1
+# Ray (Flower's simulation backend) on 127.0.0.1 only: with "Ray clusters" off
+# its GCS, raylet and workers bind loopback instead of every interface. Set 1
+# beforehand to let other hosts join.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}"
 export MPLBACKEND=Agg
 export PATH="$VENV/bin:$PATH"

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tooling.flower_local import LocalSuperLink, pid_alive
+from tooling.flower_local import LocalSuperLink
+from tooling.procfs import ListeningSocket, listening_sockets, pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -80,8 +81,12 @@ def run_and_watch(
     kill_after_round: int | None = None,
     kill_partition: int = 2,
     timeout: float = 420.0,
+    sockets: set[ListeningSocket] | None = None,
 ) -> tuple[int, set[int]]:
-    """Submit the run, maybe SIGKILL a SuperNode after a round; return rc and PIDs."""
+    """Submit the run, maybe SIGKILL a SuperNode after a round; return rc and PIDs.
+
+    ``sockets`` collects the listening sockets of every process seen.
+    """
     seen: set[int] = set()
     with log.open("w") as handle:
         proc = link.launch_app(run_config, stdout=handle)
@@ -89,6 +94,8 @@ def run_and_watch(
         killed = False
         while proc.poll() is None and time.monotonic() < deadline:
             seen.update(link.leftover_pids())
+            if sockets is not None:
+                sockets.update(listening_sockets(seen))
             if (
                 kill_after_round is not None
                 and not killed
@@ -123,11 +130,19 @@ def test_three_supernodes_run_to_completion(
     deployment: LocalSuperLink, tmp_path: Path
 ) -> None:
     out_dir = tmp_path / "out"
+    sockets: set[ListeningSocket] = set()
     rc, pids = run_and_watch(
-        deployment, tiny_config(out_dir, rounds=1), tmp_path / "flwr-run.log", out_dir
+        deployment,
+        tiny_config(out_dir, rounds=1),
+        tmp_path / "flwr-run.log",
+        out_dir,
+        sockets=sockets,
     )
     run_log = (tmp_path / "flwr-run.log").read_text()
     assert rc == 0, run_log[-3000:]
+    # SuperLink and each SuperNode (its ClientApp API) on loopback only.
+    assert len(sockets) >= 1 + NUM_SUPERNODES, sockets
+    assert [s for s in sockets if not s.loopback] == []
 
     run_info = json.loads((out_dir / "run.json").read_text())
     assert run_info["status"] == "completed"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tooling.flower_local import LocalSuperLink
+from tooling.procfs import Observation, observe
 from tracefl.analysis import INPUT_COLUMNS, ROUND_COLUMNS, VOLATILE_COLUMNS
 
 pytestmark = pytest.mark.e2e
@@ -25,19 +27,46 @@ TINY = {
 }
 
 
-def run_once(out: Path, log: Path, **overrides: object) -> int:
+#: Output folder names that must survive the trip through ``flwr run -c``.
+ODD_NAME = 'a it\'s "quoted" \\ ünï'
+
+
+def run_once(
+    out: Path, log: Path, seen: Observation | None = None, **overrides: object
+) -> int:
+    """One run on a private SuperLink; ``seen`` collects its processes' sockets."""
     config = {**TINY, "output-dir": str(out), **overrides}
     with log.open("w") as handle, LocalSuperLink() as link:
-        return link.run_app(config, num_supernodes=3, stdout=handle, timeout=600)
+        if seen is None:
+            return link.run_app(config, num_supernodes=3, stdout=handle, timeout=600)
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=observe, args=(link.tag, done.is_set, 0.5, seen), daemon=True
+        )
+        watcher.start()
+        try:
+            return link.run_app(config, num_supernodes=3, stdout=handle, timeout=600)
+        finally:
+            done.set()
+            watcher.join()
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def first_run_seen() -> Observation:
+    """Processes and listening sockets of the first of ``two_runs`` (filled by it)."""
+    return Observation()
+
+
+@pytest.fixture(scope="module")
+def two_runs(
+    tmp_path_factory: pytest.TempPathFactory, first_run_seen: Observation
+) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("e2e")
     outs = []
-    for name in ("a", "b"):
-        rc = run_once(base / name, base / f"{name}.log")
-        assert rc == 0, (base / f"{name}.log").read_text()[-4000:]
+    for name in (ODD_NAME, "b"):
+        log = base / f"{len(outs)}.log"
+        rc = run_once(base / name, log, None if outs else first_run_seen)
+        assert rc == 0, log.read_text()[-4000:]
         outs.append(base / name)
     return outs[0], outs[1]
 
@@ -57,13 +86,16 @@ def test_run_writes_every_output(two_runs: tuple[Path, Path]) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed"
     assert run["config"]["num-clients"] == 3
+    # Quotes, a backslash and Unicode in a value survive `flwr run -c`.
+    assert out.name == ODD_NAME
+    assert run["config"]["output-dir"] == str(out)
     assert {"torch", "flwr", "python"} <= set(run["versions"])
     assert not list(out.glob(".*.tmp"))
 
 
 def test_hook_saw_every_client_model_each_round(two_runs: tuple[Path, Path]) -> None:
     out, _ = two_runs
-    log = (out.parent / "a.log").read_text()
+    log = (out.parent / "0.log").read_text()
     assert log.count("aggregate_train: Received 3 results and 0 failures") == 2
     assert log.count("aggregate_evaluate: Received 3 results and 0 failures") == 2
     assert "eval-acc" in log
@@ -88,6 +120,19 @@ def test_hook_saw_every_client_model_each_round(two_runs: tuple[Path, Path]) -> 
     assert probs.between(0.999, 1.001).all()
     # Server accuracy rises above chance after two rounds.
     assert rounds["test_accuracy"].iloc[-1] > 0.2
+
+
+def test_simulation_listens_on_loopback_only(
+    two_runs: tuple[Path, Path], first_run_seen: Observation
+) -> None:
+    """SuperLink, flwr-simulation and Ray (GCS, raylet, workers, agents)."""
+    seen = first_run_seen
+    assert seen.not_loopback() == []
+    listeners = {
+        seen.commands[s.pid].split()[0].rsplit("/", 1)[-1] for s in seen.sockets
+    }
+    assert len(seen.sockets) >= 5, seen.sockets
+    assert {"gcs_server", "raylet"} <= listeners, listeners
 
 
 def test_same_seed_gives_identical_csvs_apart_from_timing(

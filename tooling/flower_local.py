@@ -8,22 +8,38 @@ installation disabled, points the ``flwr`` CLI at it through a private
 ``FLWR_HOME``, and stops every process it started - by PID and process group,
 also on errors and interrupts.
 
-In flwr 1.41 one HTTP port (``--host``/``--port``) serves the SuperLink's
+In flwr 1.42 one HTTP port (``--host``/``--port``) serves the SuperLink's
 Runtime, Control *and* Fleet APIs: ``flwr`` (Control) and ``flower-supernode
 --superlink`` (Fleet) both talk to it.
 
 Deployment mode (``simulation=False``) starts real ``flower-supernode``
 processes, each with its own ``partition-id``/``num-partitions`` node config and
-a free port for its ClientApp runtime API. Flower detaches some helpers
-(``flower-superexec``) into their own sessions, so every process started here
-carries a private tag in its environment; :meth:`LocalSuperLink.stop` also
-stops any tagged process that escaped the process groups, by PID.
+a free port for its ClientApp runtime API.
+
+Every process started here carries a private tag in its environment
+(:data:`tooling.procfs.TAG_ENV`); Flower detaches some of them (``flower-superexec``)
+into their own sessions, so :meth:`LocalSuperLink.stop` also stops any tagged
+process that escaped the process groups, by PID, and an
+:class:`~tooling.reaper.OrphanGuard` does the same if this process is killed.
+
+Loopback only: the SuperLink and SuperNodes bind ``127.0.0.1``, and Ray (the
+simulation backend) is started with :data:`LOOPBACK_ENV`, which makes its GCS,
+raylet, workers and agents bind ``127.0.0.1`` instead of every interface.
+
+``flwr run --stream`` exits 0 even when the ServerApp fails, so a run's verdict
+is its ``run.json`` (:mod:`tracefl.run_status`): :meth:`LocalSuperLink.run_app`
+returns 0 only when the run completed and prints the status, the reason and
+where the logs are otherwise.
 
 Command line (used by ``run.sh``, ``deploy_local.sh`` and the experiment
 scripts)::
 
     python -m tooling.flower_local --num-supernodes 10 -c num-server-rounds=3
     python -m tooling.flower_local --deployment 3 -c num-server-rounds=2
+
+Exit codes: 0 the run completed; 1 it did not (failed, interrupted, no status);
+2 invalid arguments or run config (nothing was started); 124 ``--timeout``
+reached; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -38,20 +54,58 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from tracefl.config import ConfigError, parse_run_config
+from tooling.procfs import TAG_ENV, pid_alive, tagged_pids
+from tooling.reaper import OrphanGuard, kill_pids
+from tooling.run_config_args import (
+    RunConfigArgError,
+    config_args,
+    parse_assignments,
+    toml_value,
+)
+from tracefl.config import ConfigError, TraceFLConfig, parse_run_config
+from tracefl.run_status import RunStatus, wait_for_final_status
+
+__all__ = [
+    "LOOPBACK_ENV",
+    "TAG_ENV",
+    "LocalSuperLink",
+    "config_args",
+    "free_port",
+    "interrupt_as_exit",
+    "kill_pids",
+    "main",
+    "parse_assignments",
+    "pid_alive",
+    "run_deployment",
+    "run_json_path",
+    "tagged_pids",
+    "toml_value",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Environment variable that marks every process started by one LocalSuperLink.
-TAG_ENV = "TRACEFL_LOCAL_SUPERLINK_TAG"
+#: Environment that keeps Ray on the loopback interface. Ray 2.55 picks the
+#: node IP with ``ray._private.services.get_node_ip_address``: with "Ray
+#: clusters" disabled (this variable, meant for Windows/macOS, works on every
+#: platform) it is ``127.0.0.1`` and GCS, raylet, core workers and the runtime
+#: env agent listen there; otherwise on the host's address and on ``::``
+#: (measured). Ray's ``_node_ip_address="127.0.0.1"`` would not help: Ray
+#: rewrites a loopback address to the host's address.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+#: Seconds a launcher waits for the ServerApp's final ``run.json`` record after
+#: ``flwr run`` returned.
+STATUS_SETTLE_S = 30.0
 
 
 def free_port() -> int:
@@ -61,78 +115,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def toml_value(value: Any) -> str:
-    """Render a Python value as a TOML literal for ``--run-config``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("'", "") + "'"
-
-
-def config_args(flag: str, values: Mapping[str, Any]) -> list[str]:
-    """``--run-config k=v`` arguments, one flag per key (values may hold spaces)."""
-    args: list[str] = []
-    for key, value in values.items():
-        args += [flag, f"{key}={toml_value(value)}"]
-    return args
-
-
 def _bin(name: str) -> str:
     """Path of a console script of the running interpreter's environment."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` names a live (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        # Field 3, after the parenthesised command name, is the state.
-        return stat.read_text().rpartition(")")[2].split()[0] != "Z"
-    return True
-
-
-def tagged_pids(tag: str) -> list[int]:
-    """PIDs of live processes whose environment holds ``TAG_ENV=tag`` (Linux).
-
-    Returns an empty list where ``/proc`` is unavailable.
-    """
-    marker = f"{TAG_ENV}={tag}".encode()
-    found: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def kill_pids(pids: Sequence[int], grace: float = 10.0) -> None:
-    """SIGTERM ``pids``, wait up to ``grace`` seconds, then SIGKILL survivors."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def stop_processes(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
@@ -161,6 +147,26 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     stop_processes([proc], grace)
 
 
+def run_json_path(run_config: Mapping[str, Any], workdir: Path = REPO_ROOT) -> Path:
+    """Where the ServerApp of ``run_config`` writes ``run.json``.
+
+    ``workdir`` is the SuperLink's working directory, against which a relative
+    ``output-dir`` resolves. Works for an invalid run config too (its
+    ``output-dir``/``run-name``, when strings, still say where the ServerApp
+    records the failure).
+    """
+    try:
+        cfg = parse_run_config(run_config)
+    except ConfigError:
+        names = {
+            key.replace("-", "_"): value
+            for key in ("output-dir", "run-name")
+            if isinstance(value := run_config.get(key), str)
+        }
+        cfg = TraceFLConfig(**names)
+    return cfg.resolved_output_dir(workdir) / "run.json"
+
+
 @dataclass
 class LocalSuperLink:
     """A SuperLink on a free 127.0.0.1 port, owned (and stopped) by this object.
@@ -175,8 +181,8 @@ class LocalSuperLink:
         Working directory of the SuperLink (and so of the ServerApp): relative
         ``output-dir`` values resolve against it.
     log_dir
-        Where ``superlink.log`` and ``supernode-<i>.log`` go (a temporary
-        directory when ``None``).
+        Where ``superlink.log``, ``supernode-<i>.log``, ``flwr-run.log`` and
+        ``reaper.log`` go (a temporary directory when ``None``).
 
     """
 
@@ -191,6 +197,7 @@ class LocalSuperLink:
     _logs: contextlib.ExitStack = field(
         default_factory=contextlib.ExitStack, init=False
     )
+    _guard: OrphanGuard | None = field(default=None, init=False)
 
     def __enter__(self) -> LocalSuperLink:
         self.start()
@@ -213,6 +220,9 @@ class LocalSuperLink:
             self.log_dir or tempfile.mkdtemp(prefix="tracefl-flwr-logs-")
         )
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # First of all: whatever happens to this process, nothing outlives it.
+        self._guard = OrphanGuard(self.tag, self.log_dir / "reaper.log")
+        self._guard.start()
         self.http_port = free_port()
         cmd = [
             _bin("flower-superlink"),
@@ -257,6 +267,9 @@ class LocalSuperLink:
         leftovers = tagged_pids(self.tag)
         if leftovers:
             kill_pids(leftovers, grace)
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         self._logs.close()
         if getattr(self, "home", None) is not None:
             shutil.rmtree(self.home, ignore_errors=True)
@@ -351,7 +364,7 @@ class LocalSuperLink:
         """Send ``sig`` to the SuperNode of ``partition_id`` and its process group.
 
         ``SIGKILL`` simulates a crash: the SuperLink notices only when the
-        node's heartbeats stop (about a minute in flwr 1.41). ``SIGTERM`` is a
+        node's heartbeats stop (about a minute in flwr 1.42). ``SIGTERM`` is a
         graceful leave: the node deactivates itself at once.
         """
         proc = self.supernodes[partition_id]
@@ -363,8 +376,12 @@ class LocalSuperLink:
     # ---------------------------------------------------------------------- run
 
     def env(self) -> dict[str, str]:
-        """Environment for the ``flwr`` CLI and every Flower process started here."""
-        env = dict(os.environ)
+        """Environment for the ``flwr`` CLI and every Flower process started here.
+
+        :data:`LOOPBACK_ENV` applies unless the caller's environment sets those
+        variables itself.
+        """
+        env = {**LOOPBACK_ENV, **os.environ}
         env.update(
             {
                 "FLWR_HOME": str(self.home),
@@ -389,12 +406,14 @@ class LocalSuperLink:
         num_supernodes: int = 10,
         app_dir: Path = REPO_ROOT,
         client_cpus: int = 1,
-        stdout: IO[str] | None = None,
+        stdout: IO[str] | int | None = None,
     ) -> subprocess.Popen:
         """Start ``flwr run --stream`` without waiting; it exits when the run ends.
 
         ``num_supernodes`` and ``client_cpus`` apply to simulation only; in
         deployment mode the federation is whatever SuperNodes are connected.
+        ``stdout`` takes the run's log stream (a file, ``subprocess.PIPE``, or
+        ``None`` for this process's stdout).
         """
         cmd = [_bin("flwr"), "run", str(app_dir), "local", "--stream"]
         cmd += config_args("--run-config", run_config)
@@ -410,7 +429,7 @@ class LocalSuperLink:
             cmd,
             cwd=self.workdir,
             env=self.env(),
-            stdout=stdout if stdout is not None else None,
+            stdout=stdout,
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
@@ -430,9 +449,13 @@ class LocalSuperLink:
     ) -> int:
         """Run the app with ``flwr run --stream``; return 0 only if it completed.
 
-        The exit code of ``flwr run`` is non-zero on CLI errors only; a run whose
-        ServerApp raised is caught through its ``run.json`` status
-        (:func:`run_status_code`).
+        ``flwr run`` exits non-zero on CLI errors only; whether the run
+        completed is read from its ``run.json`` (:func:`run_json_path`, waiting
+        up to :data:`STATUS_SETTLE_S` for the final record). Unless it
+        completed, the status, reason and log locations go to stderr.
+
+        ``stdout`` receives the run's log stream; by default it is shown on
+        this process's stdout and kept in ``<log_dir>/flwr-run.log``.
 
         Raises
         ------
@@ -441,22 +464,53 @@ class LocalSuperLink:
             stopped first).
 
         """
-        proc = self.launch_app(
-            run_config,
-            num_supernodes=num_supernodes,
-            app_dir=app_dir,
-            client_cpus=client_cpus,
-            stdout=stdout,
+        launched = datetime.now(UTC)
+        with contextlib.ExitStack() as stack:
+            if stdout is None:
+                assert self.log_dir is not None
+                log_path: Path | None = self.log_dir / "flwr-run.log"
+                log = stack.enter_context(log_path.open("w", encoding="utf-8"))
+                sink: IO[str] | int = subprocess.PIPE
+            else:
+                log_path = Path(stdout.name) if hasattr(stdout, "name") else None
+                sink = stdout
+            proc = self.launch_app(
+                run_config,
+                num_supernodes=num_supernodes,
+                app_dir=app_dir,
+                client_cpus=client_cpus,
+                stdout=sink,
+            )
+            pump = _tee(proc.stdout, (sys.stdout, log)) if stdout is None else None
+            try:
+                rc = proc.wait(timeout=timeout)
+            finally:
+                stop_process(proc)
+                if pump is not None:
+                    pump.join(timeout=10)
+                with contextlib.suppress(ValueError):
+                    self.processes.remove(proc)
+        status = wait_for_final_status(
+            run_json_path(run_config, self.workdir),
+            STATUS_SETTLE_S,
+            started_after=launched,
         )
-        try:
-            rc = proc.wait(timeout=timeout)
-        finally:
-            stop_process(proc)
-            with contextlib.suppress(ValueError):
-                self.processes.remove(proc)
-        return rc or run_status_code(run_config, self.workdir)
+        return self._verdict(rc, status, log_path)
 
     # ------------------------------------------------------------------ helpers
+
+    def _verdict(self, rc: int, status: RunStatus, log_path: Path | None) -> int:
+        if status.completed and rc == 0:
+            return 0
+        logs = [str(log_path)] if log_path is not None else []
+        logs.append(f"{self.log_dir}/superlink.log")
+        flwr = "" if rc == 0 else f"flwr run exited with code {rc}; "
+        print(
+            f"error: {flwr}{status.describe()}; logs: {', '.join(logs)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return rc or 1
 
     def _spawn(self, cmd: Sequence[str], log_name: str) -> subprocess.Popen:
         assert self.log_dir is not None
@@ -488,6 +542,22 @@ class LocalSuperLink:
         if not self.simulation:
             text += "insecure = true\n"
         (self.home / "config.toml").write_text(text, encoding="utf-8")
+
+
+def _tee(source: IO[str] | None, sinks: Sequence[IO[str]]) -> threading.Thread:
+    """Copy ``source`` line by line to every sink, in a daemon thread."""
+
+    def pump() -> None:
+        assert source is not None
+        for line in source:
+            for sink in sinks:
+                with contextlib.suppress(ValueError, OSError):
+                    sink.write(line)
+                    sink.flush()
+
+    thread = threading.Thread(target=pump, name="flwr-run-log", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_deployment(
@@ -553,31 +623,15 @@ def interrupt_as_exit() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings with TOML value syntax (bare words are strings)."""
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"Expected key=value, got {item!r}.")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: run the app once on a private simulation or deployment SuperLink."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "-c",
         "--run-config",
         action="append",
         default=[],
-        help="run-config override key=value (repeatable)",
+        help="run-config override key=value, read like `flwr run -c` "
+        "(repeatable; bare words are strings)",
     )
     parser.add_argument(
         "--num-supernodes",
@@ -594,6 +648,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "real SuperNodes on 127.0.0.1 (num-clients=N)",
     )
     parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="output-dir unless a -c output-dir=... is given (any characters, "
+        "no TOML quoting needed)",
+    )
+    parser.add_argument(
         "--log-dir",
         type=Path,
         default=None,
@@ -601,58 +662,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--client-cpus", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run config of the CLI: ``-c`` values, then ``--output-dir`` if unset.
+
+    Raises
+    ------
+    RunConfigArgError
+        For a ``-c`` argument that cannot be read.
+    """
     run_config = parse_assignments(args.run_config)
+    if args.output_dir is not None:
+        run_config.setdefault("output-dir", str(args.output_dir))
+    return run_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: run the app once on a private simulation or deployment SuperLink."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("num_supernodes", "deployment", "client_cpus"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.timeout is not None and not args.timeout > 0:
+        parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
     try:  # fail at once, before any process starts or any training runs
+        run_config = run_config_from_args(args)
         parse_run_config(
             {**run_config, "num-clients": args.deployment}
             if args.deployment is not None
             else run_config
         )
-    except ConfigError as err:
+    except (RunConfigArgError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with interrupt_as_exit():
-        if args.deployment is not None:
-            if args.deployment < 1:
-                parser.error("--deployment needs at least one SuperNode")
-            return run_deployment(
-                run_config, args.deployment, log_dir=args.log_dir, timeout=args.timeout
+        try:
+            if args.deployment is not None:
+                return run_deployment(
+                    run_config,
+                    args.deployment,
+                    log_dir=args.log_dir,
+                    timeout=args.timeout,
+                )
+            num_nodes = args.num_supernodes or int(run_config.get("num-clients", 10))
+            with LocalSuperLink(simulation=True, log_dir=args.log_dir) as link:
+                return link.run_app(
+                    run_config,
+                    num_supernodes=num_nodes,
+                    client_cpus=args.client_cpus,
+                    timeout=args.timeout,
+                )
+        except subprocess.TimeoutExpired:
+            print(
+                f"error: the run did not finish within --timeout {args.timeout:g}s; "
+                "every process it started was stopped",
+                file=sys.stderr,
             )
-        num_nodes = args.num_supernodes or int(run_config.get("num-clients", 10))
-        with LocalSuperLink(simulation=True, log_dir=args.log_dir) as link:
-            return link.run_app(
-                run_config,
-                num_supernodes=num_nodes,
-                client_cpus=args.client_cpus,
-                timeout=args.timeout,
-            )
-
-
-def run_status_code(run_config: Mapping[str, Any], workdir: Path = REPO_ROOT) -> int:
-    """0 if the run's ``run.json`` says it completed, else 1.
-
-    ``flwr run --stream`` exits 0 even when the ServerApp raised, so the
-    ServerApp's own record is the reliable verdict. ``workdir`` is the
-    SuperLink's working directory, against which relative paths resolve.
-    """
-    try:
-        out_dir = parse_run_config(run_config).resolved_output_dir(workdir)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    run_json = out_dir / "run.json"
-    try:
-        status = json.loads(run_json.read_text()).get("status")
-    except (OSError, ValueError):
-        status = None
-    if status != "completed":
-        print(
-            f"error: run did not complete (status {status!r} in {run_json})",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+            return 124
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Result files: written atomically (temp file in the same folder, then rename).
 
 A reader - or an interrupted run - never sees a half-written CSV or JSON: the
-new content appears under its final name in one ``os.replace``.
+new content appears under its final name in one ``os.replace``. Files get the
+mode ``open()`` would give them (``0o666`` less the process umask, so ``0644``
+by default), not ``mkstemp``'s private ``0600``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -17,11 +19,26 @@ from typing import IO, Any
 import pandas as pd
 
 
+def _create_temp_beside(path: Path) -> tuple[int, Path]:
+    """Create ``.<name>.<random>.tmp`` beside ``path``, mode 0o666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; rename it onto ``path`` only on success."""
+    """Open a temp file beside ``path``; rename it onto ``path`` only on success.
+
+    The temp file is removed when the body (or the final flush, e.g. with
+    ``ENOSPC``) raises, so a failed write leaves the previous file or nothing.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp_beside(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
