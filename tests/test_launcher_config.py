@@ -51,7 +51,6 @@ def bad(
 
 POSITIVE_INTS = (
     "num-server-rounds",
-    "num-clients",
     "local-epochs",
     "batch-size",
     "max-per-client-data-size",
@@ -148,9 +147,10 @@ BAD_CONFIGS: list[BadConfig] = [
     bad("min-train-nodes=0", key="min-train-nodes", value="0", allowed="must be >= 1"),
     bad(
         "min-train-nodes=11",
+        "min-available-nodes=11",
         key="min-train-nodes",
         value="11",
-        allowed="0..num-clients (10)",
+        allowed="0..10 (the federation's size)",
     ),
     bad(
         "min-available-nodes=1",
@@ -163,7 +163,7 @@ BAD_CONFIGS: list[BadConfig] = [
         "min-evaluate-nodes=11",
         key="min-evaluate-nodes",
         value="11",
-        allowed="0..num-clients (10)",
+        allowed="0..10 (the federation's size)",
     ),
     bad(
         "provenance-rounds=abc",
@@ -197,7 +197,7 @@ BAD_CONFIGS: list[BadConfig] = [
         "label-flip=1:0",
         key="faulty-clients",
         value="'10'",
-        allowed="0..9 (num-clients)",
+        allowed="0..9 (the federation has 10 partitions)",
     ),
     bad(
         "faulty-clients='0,0'",
@@ -252,11 +252,11 @@ BAD_CONFIGS: list[BadConfig] = [
     ),
     bad("clipping-norm=-1", key="clipping-norm", value="-1.0", allowed=">= 0"),
     bad(
-        "clipping-norm=1",
-        "fusion=fedprox",
-        key="fusion",
-        value="'fedprox'",
-        allowed="wraps FedAvg only",
+        "fedinfluence=true",
+        "optimizer='adam'",
+        key="optimizer",
+        value="'adam'",
+        allowed="Fed-Influence models (momentum) SGD",
     ),
     # types
     bad(
@@ -269,6 +269,7 @@ BAD_CONFIGS: list[BadConfig] = [
     bad(
         "num-clients=2.5", key="num-clients", value="2.5", allowed="must be an integer"
     ),
+    bad("num-clients=-1", key="num-clients", value="-1", allowed="must be >= 0"),
     bad("seed=true", key="seed", value="True", allowed="must be an integer"),
     bad("plots=maybe", key="plots", value="'maybe'", allowed="true or false"),
     bad("dataset=1", key="dataset", value="1", allowed="must be a string"),
@@ -344,7 +345,8 @@ def test_deployment_checks_num_clients_of_the_deployment(
         + ["-c", "faulty-clients='5'", "-c", "label-flip=1:0"]
     )
     assert rc == 2
-    assert "partition ids must be in 0..2 (num-clients)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "partition ids must be in 0..2 (the federation has 3 partitions)" in err
     assert not (tmp_path / "logs").exists()
 
 

@@ -24,7 +24,7 @@ from tooling.fault_harness import (
     write_faulty_app,
 )
 from tooling.flower_local import parse_assignments
-from tracefl.client_app import ATTRIBUTION_KEY
+from tracefl.reply import ATTRIBUTION
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,9 +104,7 @@ def healthy_reply() -> Message:
         {
             "arrays": ArrayRecord(torch_state_dict=state),
             "metrics": MetricRecord({"num-examples": 5, "train-loss": 1.0}),
-            ATTRIBUTION_KEY: ConfigRecord(
-                {"partition-id": 0, "label-counts": [2, 3, 0]}
-            ),
+            ATTRIBUTION: ConfigRecord({"partition-id": 0, "label-counts": [2, 3, 0]}),
         }
     )
     return Message(content=content, reply_to=request)
@@ -146,9 +144,9 @@ def test_each_reply_fault_corrupts_what_it_says(kind: str) -> None:
         np.testing.assert_array_equal(got, want)
     assert content["metrics"]["num-examples"] == examples
     if kind == "missing-attribution":
-        assert ATTRIBUTION_KEY not in content
+        assert ATTRIBUTION not in content
     else:
-        assert list(content[ATTRIBUTION_KEY]["label-counts"]) == counts
+        assert list(content[ATTRIBUTION]["label-counts"]) == counts
 
 
 WRITER = """

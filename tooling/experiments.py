@@ -40,6 +40,7 @@ import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,13 @@ from tooling.flower_local import REPO_ROOT as REPO
 from tooling.flower_local import (
     LocalSuperLink,
     interrupt_as_exit,
-    parse_assignments,
-    run_status_code,
+    run_json_path,
     stop_process,
 )
+from tooling.run_config_args import parse_assignments
 from tracefl import report
 from tracefl.config import ConfigError, parse_run_config, run_config_keys
+from tracefl.run_status import exit_code, read_run_status, wait_for_final_status
 
 CONF_DIR = REPO / "conf"
 SCALES = ("reduced", "paper")
@@ -364,7 +366,7 @@ def plan_runs(
             config["seed"] = seed
         parse_run_config(config)  # the whole grid is valid before anything runs
         info = stored_run(out)
-        if force or info is None or info.get("status") != "completed":
+        if force or info is None or not read_run_status(out).completed:
             plans.append(Plan("run", run, config))
             continue
         changes = tuple(config_changes(info.get("config", {}), config))
@@ -491,12 +493,14 @@ def run_one(
     if out.exists():
         shutil.rmtree(out)
     log_path = exp_dir / f"{plan.run.name}.log"
-    num_rounds = parse_run_config(plan.config).num_server_rounds
+    cfg = parse_run_config(plan.config)
+    num_rounds = cfg.num_server_rounds
+    launched = datetime.now(UTC)
     follower = RoundFollower(out, prefix, num_rounds, show)
     with log_path.open("w") as log:
         proc = link.launch_app(
             plan.config,
-            num_supernodes=int(plan.config.get("num-clients", 10)),
+            num_supernodes=cfg.num_clients or 10,
             stdout=log,
         )
         try:
@@ -509,7 +513,12 @@ def run_one(
             if proc in link.processes:
                 link.processes.remove(proc)
             follower.close()
-    return rc or run_status_code(plan.config, link.workdir)
+    status = wait_for_final_status(
+        run_json_path(plan.config, link.workdir), 30.0, started_after=launched
+    )
+    if not status.completed:
+        print(f"[{plan.run.name}] {status.describe()}; log: {log_path}", flush=True)
+    return rc or exit_code(status)
 
 
 def run_grid(

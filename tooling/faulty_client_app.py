@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from tracefl import client_app as tracefl_client
+from tracefl.reply import ATTRIBUTION
 
 FAULTS_FILE = Path(__file__).with_name("faults.json")
 
@@ -65,13 +66,13 @@ def _corrupt_reply(reply: Message, kind: str) -> Message:
     if kind == "zero-examples":
         content["metrics"]["num-examples"] = 0
     elif kind == "negative-label-counts":
-        counts = list(content[tracefl_client.ATTRIBUTION_KEY]["label-counts"])
-        content[tracefl_client.ATTRIBUTION_KEY]["label-counts"] = [-1, *counts[1:]]
+        counts = list(content[ATTRIBUTION]["label-counts"])
+        content[ATTRIBUTION]["label-counts"] = [-1, *counts[1:]]
     elif kind == "label-counts-length":
-        counts = list(content[tracefl_client.ATTRIBUTION_KEY]["label-counts"])
-        content[tracefl_client.ATTRIBUTION_KEY]["label-counts"] = [*counts, 0]
+        counts = list(content[ATTRIBUTION]["label-counts"])
+        content[ATTRIBUTION]["label-counts"] = [*counts, 0]
     elif kind == "missing-attribution":
-        del content[tracefl_client.ATTRIBUTION_KEY]
+        del content[ATTRIBUTION]
     else:
         _corrupt_arrays(reply, kind)
     return reply

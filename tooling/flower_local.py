@@ -72,8 +72,16 @@ from tooling.run_config_args import (
     parse_assignments,
     toml_value,
 )
-from tracefl.config import ConfigError, TraceFLConfig, parse_run_config
+from tracefl.config import (
+    ConfigError,
+    check_federation,
+    output_dir_of,
+    parse_run_config,
+)
+from tracefl.data_check import check_data_inputs
+from tracefl.output_dir import OutputDirInUseError, check_output_dir
 from tracefl.run_status import RunStatus, wait_for_final_status
+from tracefl.sources.raw import DataUnavailableError
 
 __all__ = [
     "LOOPBACK_ENV",
@@ -155,16 +163,10 @@ def run_json_path(run_config: Mapping[str, Any], workdir: Path = REPO_ROOT) -> P
     ``output-dir``/``run-name``, when strings, still say where the ServerApp
     records the failure).
     """
-    try:
-        cfg = parse_run_config(run_config)
-    except ConfigError:
-        names = {
-            key.replace("-", "_"): value
-            for key in ("output-dir", "run-name")
-            if isinstance(value := run_config.get(key), str)
-        }
-        cfg = TraceFLConfig(**names)
-    return cfg.resolved_output_dir(workdir) / "run.json"
+    out_dir = output_dir_of(run_config, workdir)
+    if out_dir is None:  # no safe place: the ServerApp records nothing either
+        return workdir / "results" / "default" / "run.json"
+    return out_dir / "run.json"
 
 
 @dataclass
@@ -691,12 +693,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
     try:  # fail at once, before any process starts or any training runs
         run_config = run_config_from_args(args)
-        parse_run_config(
+        cfg = parse_run_config(
             {**run_config, "num-clients": args.deployment}
             if args.deployment is not None
             else run_config
         )
-    except (RunConfigArgError, ConfigError) as err:
+        num_nodes = args.deployment or args.num_supernodes or cfg.num_clients or 10
+        check_federation(cfg, num_nodes)
+        check_output_dir(cfg.resolved_output_dir(REPO_ROOT), cfg.overwrite)
+        check_data_inputs(cfg)
+    except (
+        RunConfigArgError,
+        ConfigError,
+        OutputDirInUseError,
+        DataUnavailableError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with interrupt_as_exit():
@@ -708,7 +719,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log_dir=args.log_dir,
                     timeout=args.timeout,
                 )
-            num_nodes = args.num_supernodes or int(run_config.get("num-clients", 10))
             with LocalSuperLink(simulation=True, log_dir=args.log_dir) as link:
                 return link.run_app(
                     run_config,

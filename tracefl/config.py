@@ -222,6 +222,29 @@ class TraceFLConfig:
         }
 
 
+def output_dir_of(
+    run_config: Mapping[str, Any], base: Path | None = None
+) -> Path | None:
+    """Where a run writes, from its raw run config, valid or not.
+
+    For a valid config, :meth:`TraceFLConfig.resolved_output_dir`. For an
+    invalid one, its ``output-dir`` (when a non-empty string) or
+    ``results/<run-name>`` (when ``run-name`` is a plain name), so that the
+    refusal can be recorded where the user looks; ``None`` when neither is
+    safe to use.
+    """
+    try:
+        return parse_run_config(run_config).resolved_output_dir(base)
+    except ConfigError:
+        pass
+    out, name = run_config.get("output-dir"), run_config.get("run-name", "default")
+    if isinstance(out, str) and out:
+        return TraceFLConfig(output_dir=out).resolved_output_dir(base)
+    if isinstance(name, str) and RUN_NAME_PATTERN.fullmatch(name):
+        return TraceFLConfig(run_name=name).resolved_output_dir(base)
+    return None
+
+
 def run_config_keys() -> tuple[str, ...]:
     """All accepted kebab-case run-config keys."""
     return tuple(

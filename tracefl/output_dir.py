@@ -51,8 +51,8 @@ def result_paths(out_dir: Path) -> list[Path]:
     return found
 
 
-def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Make ``out_dir`` ready for a new run, before anything is trained.
+def check_output_dir(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The result files a run in ``out_dir`` would replace; refuse if not allowed.
 
     Raises
     ------
@@ -70,7 +70,16 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
             "Set overwrite=true to replace them, or choose another output-dir or "
             "run-name."
         )
-    for path in existing:
+    return existing
+
+
+def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Make ``out_dir`` ready for a new run, before anything is trained.
+
+    Removes the results of an earlier run when ``overwrite`` is set (files a
+    run does not write are kept); see :func:`check_output_dir`.
+    """
+    for path in check_output_dir(out_dir, overwrite):
         if path.is_dir():
             shutil.rmtree(path)
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,18 @@ from tracefl.config import (
     ConfigError,
     TraceFLConfig,
     check_federation,
+    output_dir_of,
     parse_run_config,
     sampled_train_nodes,
 )
 from tracefl.data_check import check_data_inputs
 from tracefl.dataset import load_server_test
 from tracefl.model import build_model
-from tracefl.output_dir import prepare_output_dir
+from tracefl.output_dir import prepare_output_dir, result_paths
 from tracefl.registry import dataset_num_classes, run_dataset_spec
 from tracefl.reply import FEDINFLUENCE
-from tracefl.run_info import RunInfo, package_versions
+from tracefl.run_info import package_versions
+from tracefl.run_status import RunStatusWriter
 from tracefl.strategy import FusionCapture, ProvenanceStrategy
 from tracefl.train import resolve_device
 
@@ -131,50 +133,53 @@ def build_strategy(
 def main(grid: Grid, context: Context) -> None:
     """Run the federation and TraceFL's per-round analysis."""
     setup_logging()
-    started = datetime.now(UTC).isoformat()
+    fields = {"versions": package_versions(), "flower_run_id": int(context.run_id)}
     try:
         cfg = parse_run_config(context.run_config)
     except ConfigError as err:
-        RunInfo.record_refusal(context.run_config, started, err)
+        record_refusal(context.run_config, fields, err)
         raise
     out_dir = cfg.resolved_output_dir()
     prepare_output_dir(out_dir, cfg.overwrite)  # never touches another run's files
     log.info("Writing results to %s", out_dir)
-    info = RunInfo.start(
-        out_dir / "run.json",
-        {
-            "config": cfg.to_run_config(),
-            "seed": cfg.seed,
-            "versions": package_versions(),
-            "started": started,
-            "output_dir": str(out_dir),
-            "flower_run_id": int(context.run_id),
-        },
-    )
-    try:
-        recorder, result = _run(cfg, grid, out_dir, info)
-        status, reason = verdict(cfg, recorder)
+    fields.update(config=cfg.to_run_config(), seed=cfg.seed, output_dir=str(out_dir))
+    with RunStatusWriter(out_dir / "run.json", fields) as status:
+        recorder, result = _run(cfg, grid, out_dir, status)
+        verdict_status, reason = verdict(cfg, recorder)
         if cfg.plots:
-            status, reason = _plot(out_dir, status, reason)
-        info.finish(
-            status,
-            reason=reason,
-            rounds_recorded=len(recorder.round_rows),
-            rounds_by_status=recorder.rounds_by_status,
-            methods=method_summary(recorder, cfg.faulty_mode),
-            flower_result=result_summary(result),
-        )
-    except (KeyboardInterrupt, SystemExit) as err:
-        info.finish("interrupted", reason=type(err).__name__, error=err)
-        raise
-    except BaseException as err:
-        info.finish("failed", reason=f"{type(err).__name__}: {err}", error=err)
-        raise
-    log.info("Done (%s). Results in %s", status, out_dir)
+            verdict_status, reason = _plot(out_dir, verdict_status, reason)
+        facts = {
+            "rounds_recorded": len(recorder.round_rows),
+            "rounds_by_status": recorder.rounds_by_status,
+            "methods": method_summary(recorder, cfg.faulty_mode),
+            "flower_result": result_summary(result),
+        }
+        if verdict_status == "completed":
+            status.complete(**facts)
+        else:
+            status.fail(reason, **facts)
+    log.info("Done (%s). Results in %s", verdict_status, out_dir)
+
+
+def record_refusal(
+    run_config: Mapping[str, Any], fields: Mapping[str, Any], err: ConfigError
+) -> None:
+    """Record a run refused by its config, where that is safe to write.
+
+    Nothing is written when the output directory cannot be told from the raw
+    config or already holds another run's results.
+    """
+    out_dir = output_dir_of(run_config)
+    if out_dir is None or result_paths(out_dir):
+        return
+    with RunStatusWriter(
+        out_dir / "run.json", {**fields, "config": dict(run_config)}
+    ) as status:
+        status.fail(f"invalid run config: {err}", err)
 
 
 def _run(
-    cfg: TraceFLConfig, grid: Grid, out_dir: Path, info: RunInfo
+    cfg: TraceFLConfig, grid: Grid, out_dir: Path, status: RunStatusWriter
 ) -> tuple[Recorder, Result]:
     for line in check_data_inputs(cfg):
         log.info("Data: %s", line)
@@ -193,7 +198,7 @@ def _run(
     )
     size = federation_size(cfg, grid)
     check_federation(cfg, size)
-    info.update(federation={"num_partitions": size})
+    status.update(federation={"num_partitions": size})
     num_classes = dataset_num_classes(cfg.dataset)
     recorder = Recorder(out_dir, num_classes, cfg.method_names)
     analyzer = build_analyzer(cfg, test_data, model_factory, device, recorder, size)
