@@ -142,10 +142,11 @@ def format_value(value: Any) -> str:
 
 def run_title(config: Mapping[str, Any]) -> str:
     """A figure title from a run's config, e.g. ``mnist, cnn, 10 clients, α=0.3``."""
+    clients = config.get("num-clients")  # 0: the federation's, if not recorded
     parts = [
         str(config.get("dataset", "")),
         str(config.get("model", "")),
-        f"{config.get('num-clients', '?')} clients",
+        f"{clients} clients" if clients else "",
         rf"$\alpha$ = {format_value(config.get('dirichlet-alpha', ''))}",
     ]
     if float(config.get("noise-multiplier", 0) or 0) > 0:
