@@ -29,6 +29,7 @@ from tracefl.explain import (
     RoundModels,
     explain_cumulative,
     explain_round,
+    method_option_names,
 )
 from tracefl.model import build_model
 from tracefl.model_store import ModelStore
@@ -179,6 +180,15 @@ def test_every_registry_method_is_offered_and_placed() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     method = next(a for a in sub.choices["explain"]._actions if a.dest == "method")
     assert list(method.choices) == list(METHODS)
+    runnable = []
+    for name, spec in METHODS.items():
+        if spec.state == "online":
+            with pytest.raises(ExplainError, match="scores.csv"):
+                method_option_names(name)
+        else:
+            assert "objective" in method_option_names(name) or name == "paper"
+            runnable.append(name)
+    assert runnable == ["paper", "update", "loo", "cumulative"]
 
 
 def log_softmax_gain(logits: list[float], target: int) -> float:
@@ -252,7 +262,7 @@ def test_pseudo_clients_are_reported_never_ranked(hand_made: Path) -> None:
     ]
 
 
-def test_cumulative_known_answer_on_any_model(hand_made: Path) -> None:
+def test_cumulative_known_answer_on_any_model(hand_made: Path, capsys) -> None:
     """One round (theta_0 = 0 -> 0.5 I): U_a = 0.25 I, U_b = 0, U_server = 0.25 I.
 
     Explained at another model (W = I): s_k = <(e_t - softmax(W x)) x^T, U_k>.
@@ -288,6 +298,11 @@ def test_cumulative_known_answer_on_any_model(hand_made: Path) -> None:
         "--no-plot",
     ]
     assert main(args) == 0
+    capsys.readouterr()
+    without_model = [a for a in args if a != str(hand_made / "w1.safetensors")]
+    without_model.remove("--global")
+    rc, err = run_cli(capsys, *without_model)
+    assert rc == 2 and "final model by default" in err and "keep-final-model" in err
     ranking = pd.read_csv(run / "explain" / "global-cumulative" / "ranking.csv")
     score = ranking.set_index(["input", "client_id"])["score"]
     gains = [log_softmax_gain([1.0, 0.0], 0), log_softmax_gain([0.0, 2.0], 1)]

@@ -113,9 +113,11 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
         help="rank the clients behind each prediction of a global model",
-        description="Attribute the global model's prediction on each input to the "
-        "clients of one round. Writes ranking.csv (one row per input and client), "
-        "explanation.json and explanation.png/.pdf (the per-input view).",
+        description="Attribute a global model's prediction on each input to the "
+        "clients: one round's (paper, update, loo) or the whole training's "
+        "(cumulative). Writes ranking.csv (one row per input and client or "
+        "pseudo-client), explanation.json and explanation.png/.pdf (the "
+        "per-input view).",
     )
     arch = p.add_argument_group(
         "architecture (one of: --run-dir, --model + --dataset, --architecture)"
@@ -489,8 +491,13 @@ def run_explain(args: argparse.Namespace) -> int:
             "--method cumulative needs --run-dir (the run's cumulative/ store)"
         )
     store = None
-    if args.round is not None or (cumulative and args.global_model is None):
+    if args.round is not None:
         store = ModelStore.open(run_dir)
+    elif cumulative and args.global_model is None:
+        try:
+            store = ModelStore.open(run_dir)
+        except ModelStoreError as err:
+            raise ExplainError(_NO_FINAL_MODEL.format(where=run_dir)) from err
     factory, arch = _architecture(args, cfg, store)
     run_models = cumulative or (store is not None and args.global_model is None)
     options = _options(args, cfg, run_models)
@@ -510,6 +517,13 @@ def run_explain(args: argparse.Namespace) -> int:
         for path in paths:
             print(f"wrote {path}")
     return 0
+
+
+_NO_FINAL_MODEL = (
+    "--method cumulative explains the run's final model by default, but {where} "
+    "has none (run with keep-final-model=true); pass --global FILE or --round R "
+    "to explain another model"
+)
 
 
 def _explain_round(
@@ -645,11 +659,7 @@ def _explain_cumulative(
     else:
         assert store is not None
         if not store.manifest.get("final"):
-            raise ExplainError(
-                "--method cumulative explains the run's final model by default, "
-                f"but {store.root} has none (run with keep-final-model=true); "
-                "pass --global FILE or --round R to explain another model"
-            )
+            raise ExplainError(_NO_FINAL_MODEL.format(where=store.root))
         state = store.load_final()
         owner, name = "the final global model", "final"
         source["model"] = "final"
