@@ -17,6 +17,7 @@ from tracefl.model_store import (
     KeepModelsPolicy,
     ModelStore,
     ModelStoreError,
+    check_state,
     load_state_file,
     load_state_into,
     state_nbytes,
@@ -386,3 +387,10 @@ def test_load_state_into_names_the_mismatch() -> None:
         ModelStoreError, match=r"'fc.weight' has shape \(3, 9\).*\(3, 8\)"
     ):
         load_state_into(Net(), bad, "client 'a'")
+    # The same checks without loading (client files of tracefl explain).
+    untouched = Net()
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
+    check_state(untouched.state_dict(), floating, "client 'a'")
+    with pytest.raises(ModelStoreError, match=r"client 'b'.*\(3, 9\)"):
+        check_state(untouched.state_dict(), bad, "client 'b'")
+    assert all(torch.equal(v, untouched.state_dict()[k]) for k, v in before.items())

@@ -16,6 +16,9 @@ from tracefl.plotting import (
     SMALL_FONT_SIZE,
     draw_accuracy,
     draw_client_probabilities,
+    draw_method_accuracy,
+    plot_run,
+    read_run_config,
     run_title,
 )
 from tracefl.report import (
@@ -141,7 +144,7 @@ def test_cells_mark_not_applicable_apart_from_zero() -> None:
 
 def test_accuracy_figure_has_integer_rounds_outside_legend_and_a_real_title() -> None:
     rounds = pd.DataFrame(traced_rounds(n=6))
-    cfg = parse_run_config({"dirichlet-alpha": 0.3}).to_run_config()
+    cfg = parse_run_config({"dirichlet-alpha": 0.3, "num-clients": 10}).to_run_config()
     fig = rendered(draw_accuracy(rounds, title=run_title(cfg)))
     ax = fig.axes[0]
     ticks = ax.get_xticks()
@@ -151,6 +154,68 @@ def test_accuracy_figure_has_integer_rounds_outside_legend_and_a_real_title() ->
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "Random client, strict metric" in labels
     plt.close(fig)
+
+
+def test_run_config_takes_the_federation_size(tmp_path: Path) -> None:
+    """num-clients = 0 (the federation decides): run.json records the size."""
+    cfg = parse_run_config({"dirichlet-alpha": 0.3}).to_run_config()
+    assert cfg["num-clients"] == 0
+    info = {"config": cfg, "federation": {"num_partitions": 7}}
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    assert read_run_config(tmp_path)["num-clients"] == 7
+    assert "7 clients" in run_title(read_run_config(tmp_path))
+    assert "clients" not in run_title(cfg)  # unknown: not shown as "0 clients"
+
+
+def method_rows(chance: dict[str, float], faulty: bool = False) -> pd.DataFrame:
+    """``methods.csv`` of 3 rounds; accuracy = 0.1 * (method number + round)."""
+    metric, baseline = (
+        ("faulty_accuracy", "faulty_random_baseline")
+        if faulty
+        else ("strict_accuracy", "strict_random_baseline")
+    )
+    return pd.DataFrame(
+        [
+            {"round": r, "method": m, metric: 0.1 * (i + r), baseline: chance[m]}
+            for r in (1, 2, 3)
+            for i, m in enumerate(chance)
+        ]
+    )
+
+
+def test_method_figure_shows_every_method_with_its_chance() -> None:
+    frame = method_rows({"paper": 0.25, "update": 0.25, "cross-round": 0.1})
+    fig = rendered(draw_method_accuracy(frame, title="run"))
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "paper",
+        "update",
+        "cross-round",
+        "Random client (paper, update)",
+        "Random client (cross-round)",
+    ]
+    assert legend_outside(ax, legend)
+    assert list(ax.get_xticks()) == [1, 2, 3]
+    assert ax.get_ylabel() == "Strict accuracy (%)"
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for i, name in enumerate(("paper", "update", "cross-round")):
+        assert lines[name].get_ydata() == pytest.approx(
+            [10 * (i + r) for r in (1, 2, 3)]
+        )
+        offsets = np.asarray(lines[name].get_xdata()) - np.array([1, 2, 3])
+        assert np.abs(offsets).max() <= 0.1  # dodged, still on its round
+    xs = {tuple(lines[n].get_xdata()) for n in ("paper", "update", "cross-round")}
+    assert len(xs) == 3  # equal accuracies would not hide each other
+    assert lines["Random client (cross-round)"].get_ydata() == pytest.approx([10] * 3)
+    plt.close(fig)
+    shared = rendered(draw_method_accuracy(method_rows({"paper": 0.5, "loo": 0.5})))
+    labels = [t.get_text() for t in shared.axes[0].get_legend().get_texts()]
+    assert labels == ["paper", "loo", "Random client"]
+    plt.close(shared)
+    faulty = draw_method_accuracy(method_rows({"paper": 0.1}, faulty=True))
+    assert faulty.axes[0].get_ylabel() == "Faulty client found (%)"
+    plt.close(faulty)
 
 
 def test_round_curves_sort_numerically_and_differ_in_style(tmp_path: Path) -> None:
@@ -281,3 +346,32 @@ def test_build_report_rebuilds_runs_and_experiments(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither a run"):
         build_report(tmp_path / "empty")
+
+
+def test_run_report_with_methods_and_without_the_paper_method(tmp_path: Path) -> None:
+    """methods.csv gives methods.png; no prob columns (paper off): no view."""
+    run = write_run(tmp_path, "run", {}, traced_rounds(n=3))
+    method_rows({"update": 0.5, "loo": 0.5}).to_csv(run / "methods.csv", index=False)
+    pd.DataFrame(
+        {"round": [1], "input_index": [0], "true_label": [0], "traced_update": [1]}
+    ).to_csv(run / "inputs.csv", index=False)
+    pd.DataFrame({"round": [1], "client": [0], "label_0": [3]}).to_csv(
+        run / "clients.csv", index=False
+    )
+    names = {p.name for p in plot_run(run)}
+    assert names == {"accuracy.png", "accuracy.pdf", "methods.png", "methods.pdf"}
+
+
+def test_per_input_view_skips_clients_that_were_not_fused(tmp_path: Path) -> None:
+    """clients.csv also lists rejected and timed-out nodes (no histogram)."""
+    run = write_run(tmp_path, "run", {}, traced_rounds(n=1))
+    write_inputs_and_clients(run)
+    clients = pd.read_csv(run / "clients.csv").assign(status="fused")
+    extra = pd.DataFrame(
+        [
+            {"round": 1, "client": 2, "status": "rejected"},
+            {"round": 1, "status": "timed-out"},
+        ]
+    )
+    pd.concat([clients, extra]).to_csv(run / "clients.csv", index=False)
+    assert "provenance_round_1.png" in {p.name for p in plot_run(run)}

@@ -1,6 +1,8 @@
 r"""The ``tracefl`` command: explain saved models, list them, rebuild reports.
 
     tracefl explain --run-dir results/x --round 3 --split test --limit 16
+    tracefl explain --run-dir results/x --round 3 --method loo --split test
+    tracefl explain --run-dir results/x --method cumulative --images digits/
     tracefl explain --model cnn --dataset mnist --global g.safetensors \\
         --clients c0.safetensors c1.safetensors --client-weights 412,380 \\
         --images my_digits/
@@ -24,30 +26,37 @@ import pandas as pd
 import torch
 from torch import nn
 
+from tracefl.attribution import METHODS, AttributionError, method_spec
+from tracefl.attribution.registry import STORE_STATE
 from tracefl.config import ConfigError, TraceFLConfig, parse_run_config
 from tracefl.explain import (
-    METHODS,
-    ClientSet,
     ExplainError,
     ExplainOptions,
     Explanation,
     InputBatch,
+    RoundModels,
     architecture_from_config,
     build_architecture,
     dataset_spec_of,
-    explain,
+    explain_cumulative,
+    explain_round,
     import_factory,
     load_client_files,
+    load_cumulative,
     load_global_model,
     load_image_folder,
+    load_previous_file,
     load_split,
     load_tensor_file,
     load_text_file,
+    method_option_names,
     parse_client_weights,
     write_explanation,
 )
 from tracefl.model_store import ModelStore, ModelStoreError, load_state_file
 from tracefl.provenance import ProvenanceInputError
+from tracefl.provenance.layers import LAYER_SETS
+from tracefl.provenance.objective import OBJECTIVES
 from tracefl.sources.raw import DataUnavailableError
 from tracefl.text import ModelUnavailableError
 
@@ -56,11 +65,25 @@ USER_ERRORS = (
     ExplainError,
     ModelStoreError,
     ProvenanceInputError,
+    AttributionError,
     ConfigError,
     FileNotFoundError,
     DataUnavailableError,
     ModelUnavailableError,
 )
+
+#: Method options set from the command line: flag -> (argparse dest, option).
+METHOD_FLAGS = {
+    "--pk/--no-pk": ("pk", "scale_by_data_share"),
+    "--beta/--no-beta": ("beta", "enable_beta"),
+    "--beta-decay": ("beta_decay", "decay"),
+    "--layers": ("layers", "layers"),
+    "--objective": ("objective", "objective"),
+    "--client-chunk-size": ("client_chunk_size", "clients_per_call"),
+}
+#: Fusions whose residual is float rounding only (without DP): the app scores
+#: no ``server`` pseudo-client for them, and neither does ``tracefl explain``.
+WEIGHTED_AVERAGE_FUSIONS = ("fedavg", "fedprox")
 
 
 # ------------------------------------------------------------------ parser
@@ -90,9 +113,11 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
         help="rank the clients behind each prediction of a global model",
-        description="Attribute the global model's prediction on each input to the "
-        "clients of one round. Writes ranking.csv (one row per input and client), "
-        "explanation.json and explanation.png/.pdf (the per-input view).",
+        description="Attribute a global model's prediction on each input to the "
+        "clients: one round's (paper, update, loo) or the whole training's "
+        "(cumulative). Writes ranking.csv (one row per input and client or "
+        "pseudo-client), explanation.json and explanation.png/.pdf (the "
+        "per-input view).",
     )
     arch = p.add_argument_group(
         "architecture (one of: --run-dir, --model + --dataset, --architecture)"
@@ -112,7 +137,10 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         metavar="MODULE:CALLABLE",
         help="your own architecture: a zero-argument function returning the model",
     )
-    models = p.add_argument_group("models (--round, or --global + --clients)")
+    models = p.add_argument_group(
+        "models (--round, or --global + --clients; cumulative: the final model, "
+        "--round or --global)"
+    )
     models.add_argument(
         "--round",
         help="saved round of --run-dir to explain ('last' for the latest)",
@@ -131,6 +159,12 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     models.add_argument(
         "--client-weights",
         help="n_k per client: '412,380,...' or a .json file (list, or {id: n_k})",
+    )
+    models.add_argument(
+        "--previous",
+        type=Path,
+        help="with --clients: the global model the clients started from "
+        "(theta_{t-1}; needed by --method update)",
     )
     inputs = p.add_argument_group("inputs (one of)")
     inputs.add_argument(
@@ -157,12 +191,25 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     inputs.add_argument(
         "--limit", type=int, default=32, help="first N rows of --split (default 32)"
     )
-    engine = p.add_argument_group("method and engine options")
-    engine.add_argument("--method", choices=sorted(METHODS), default="paper")
+    engine = p.add_argument_group(
+        "method and engine options",
+        "Per-round methods (paper, update, loo) explain one round's clients; "
+        "cumulative explains any model (default: the final one) against the "
+        "run's cumulative updates U_k (--run-dir with cumulative/). The "
+        "cross-round methods accumulate during training only: their answers for "
+        "the run's query inputs are in its scores.csv. Options a method does "
+        "not take are refused.",
+    )
+    engine.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default="paper",
+        help="attribution method (default: paper)",
+    )
     engine.add_argument(
         "--target",
         default="predicted",
-        help="logit to explain: 'predicted' (default), 'true' or a class index",
+        help="class to explain: 'predicted' (default), 'true' or a class index",
     )
     engine.add_argument(
         "--beta-decay", type=float, default=None, help="beta_l = decay^(L-1-l)"
@@ -171,26 +218,43 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         "--beta",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="layer importance beta (default: on, or the run's enable-beta)",
+        help="layer importance beta (paper: default on, or the run's "
+        "enable-beta; update/cumulative: default off)",
     )
     engine.add_argument(
         "--pk",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="scale by the data share p_k (default: on, or the run's "
+        help="paper: scale by the data share p_k (default: on, or the run's "
         "client-weights-normalization)",
+    )
+    engine.add_argument(
+        "--layers",
+        choices=sorted(LAYER_SETS),
+        default=None,
+        help="traced layer families: 'paper' (the original artifact's) or 'all' "
+        "(paper: default the run's provenance-layers; update/cumulative: all)",
+    )
+    engine.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default=None,
+        help="update/loo/cumulative: what is attributed (default log_softmax)",
     )
     engine.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto")
     engine.add_argument("--chunk-size", type=int, default=None, help="inputs/chunk")
     engine.add_argument(
-        "--client-chunk-size", type=int, default=None, help="clients/chunk"
+        "--client-chunk-size",
+        type=int,
+        default=None,
+        help="cumulative: most clients per engine call (bounds memory)",
     )
     out = p.add_argument_group("output")
     out.add_argument(
         "--out",
         type=Path,
-        help="output folder (default: <run-dir>/explain/round-<r>-<method>, "
-        "else ./tracefl-explain)",
+        help="output folder (default: <run-dir>/explain/<round-r|final|global>-"
+        "<method>, else ./tracefl-explain)",
     )
     out.add_argument("--no-plot", action="store_true", help="CSV and JSON only")
     out.add_argument("-q", "--quiet", action="store_true", help="print nothing")
@@ -200,14 +264,23 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_run_config(run_dir: Path) -> TraceFLConfig | None:
+    """The run's config from ``run.json`` (``None`` if there is none).
+
+    ``num-clients = 0`` (the federation decides) is replaced by the number of
+    partitions the run recorded, so ``--split client-<i>`` reads the same data.
+    """
     path = run_dir / "run.json"
     if not path.is_file():
         return None
     try:
-        stored = json.loads(path.read_text())["config"]
-    except (ValueError, KeyError) as err:
+        info = json.loads(path.read_text())
+        stored = dict(info["config"])
+    except (ValueError, KeyError, TypeError) as err:
         raise ExplainError(f"--run-dir: cannot read {path}: {err}") from err
-    stored = {k: v for k, v in stored.items() if k != "output-dir"}
+    stored.pop("output-dir", None)
+    partitions = (info.get("federation") or {}).get("num_partitions")
+    if not stored.get("num-clients") and partitions:
+        stored["num-clients"] = int(partitions)
     return parse_run_config(stored)
 
 
@@ -247,8 +320,42 @@ def _architecture(
     return (lambda: build_architecture(arch)), arch
 
 
-def _options(args: argparse.Namespace, cfg: TraceFLConfig | None) -> ExplainOptions:
+def _options(
+    args: argparse.Namespace, cfg: TraceFLConfig | None, run_models: bool
+) -> ExplainOptions:
+    """Method and engine options from the flags, the run's settings as defaults.
+
+    The paper method takes its defaults from the run (``client-weights-
+    normalization``, ``enable-beta``, ``beta-decay``, ``provenance-layers``);
+    the others keep their own unless a flag sets them. The ``server``
+    pseudo-client is scored as the app scores it for the run's own models
+    (not for FedAvg/FedProx without DP) and always for other models.
+    """
+    allowed = method_option_names(args.method)  # refuses cross-round methods
     base = cfg or TraceFLConfig()
+    chosen: dict[str, Any] = {}
+    for flag, (dest, option) in METHOD_FLAGS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if option not in allowed:
+            raise ExplainError(
+                f"{flag}: not an option of method {args.method!r} (it takes "
+                f"{', '.join(allowed)})"
+            )
+        chosen[option] = value
+    if args.method == "paper":
+        chosen.setdefault("scale_by_data_share", base.client_weights_normalization)
+        chosen.setdefault("enable_beta", base.enable_beta)
+        chosen.setdefault("decay", base.beta_decay)
+        chosen.setdefault("layers", base.provenance_layers)
+    if "include_server" in allowed:
+        plain_average = (
+            cfg is not None
+            and cfg.fusion in WEIGHTED_AVERAGE_FUSIONS
+            and not cfg.dp_enabled
+        )
+        chosen["include_server"] = not (run_models and plain_average)
     target: str | int = args.target
     if isinstance(target, str) and target.isdigit():
         target = int(target)
@@ -260,14 +367,9 @@ def _options(args: argparse.Namespace, cfg: TraceFLConfig | None) -> ExplainOpti
     return ExplainOptions(
         method=args.method,
         target=target,
-        decay=args.beta_decay if args.beta_decay is not None else base.beta_decay,
-        enable_beta=args.beta if args.beta is not None else base.enable_beta,
-        scale_by_data_share=(
-            args.pk if args.pk is not None else base.client_weights_normalization
-        ),
         device=device,
         chunk_size=args.chunk_size or base.provenance_chunk_size,
-        client_chunk_size=args.client_chunk_size,
+        method_options=chosen,
     )
 
 
@@ -329,26 +431,38 @@ def _weights_for(text: str | None, ids: Sequence[str] | None) -> list[float] | N
     return weights
 
 
+def _fused_clients(run_dir: Path | None) -> pd.DataFrame | None:
+    """``clients.csv`` rows of the fused clients that carry a label histogram."""
+    if run_dir is None or not (run_dir / "clients.csv").is_file():
+        return None
+    frame = pd.read_csv(run_dir / "clients.csv")
+    if "status" in frame:
+        frame = frame[frame["status"] == "fused"]
+    label_cols = [c for c in frame.columns if c.startswith("label_")]
+    if not label_cols or "client" not in frame:
+        return None
+    frame = frame.dropna(subset=["client", *label_cols])
+    return frame.assign(client_id=[f"client-{int(c)}" for c in frame["client"]])
+
+
 def _label_counts(
     run_dir: Path | None, server_round: int | None, client_ids: Sequence[str]
 ) -> np.ndarray | None:
-    """The clients' reported label histograms of that round (``clients.csv``)."""
-    if run_dir is None or server_round is None:
+    """The clients' label histograms (``clients.csv``), rows in ``client_ids`` order.
+
+    Those they reported in ``server_round``; with ``None``, the latest each
+    reported (what the app scores its cross-round methods against).
+    """
+    frame = _fused_clients(run_dir)
+    if frame is None:
         return None
-    path = run_dir / "clients.csv"
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path)
-    frame = frame[frame["round"] == server_round]
+    if server_round is not None:
+        frame = frame[frame["round"] == server_round]
     label_cols = [c for c in frame.columns if c.startswith("label_")]
-    counts: dict[str, list[int]] = {}
-    for _, row in frame.iterrows():
-        values = [int(row[c]) for c in label_cols]
-        counts[f"client-{int(row['client'])}"] = values
-        counts[str(int(row["client"]))] = values
-    if not label_cols or any(cid not in counts for cid in client_ids):
+    latest = frame.sort_values("round").groupby("client_id").last()
+    if any(cid not in latest.index for cid in client_ids):
         return None
-    return np.array([counts[cid] for cid in client_ids], dtype=np.int64)
+    return latest.loc[list(client_ids), label_cols].to_numpy(dtype=np.int64)
 
 
 def _resolve_round(text: str, store: ModelStore) -> int:
@@ -365,61 +479,33 @@ def _resolve_round(text: str, store: ModelStore) -> int:
 def run_explain(args: argparse.Namespace) -> int:
     """``tracefl explain``."""
     run_dir = args.run_dir
-    cfg = _read_run_config(run_dir) if run_dir is not None else None
     if run_dir is not None and not run_dir.is_dir():
         raise ExplainError(f"--run-dir {run_dir}: not a directory")
+    cfg = _read_run_config(run_dir) if run_dir is not None else None
+    method_option_names(args.method)  # refuses cross-round methods first
+    cumulative = method_spec(args.method).state == STORE_STATE
+    if args.round is not None and run_dir is None:
+        raise ExplainError("--round needs --run-dir (the run's saved models)")
+    if cumulative and run_dir is None:
+        raise ExplainError(
+            "--method cumulative needs --run-dir (the run's cumulative/ store)"
+        )
     store = None
     if args.round is not None:
-        if run_dir is None:
-            raise ExplainError("--round needs --run-dir (the run's saved models)")
         store = ModelStore.open(run_dir)
+    elif cumulative and args.global_model is None:
+        try:
+            store = ModelStore.open(run_dir)
+        except ModelStoreError as err:
+            raise ExplainError(_NO_FINAL_MODEL.format(where=run_dir)) from err
     factory, arch = _architecture(args, cfg, store)
-    options = _options(args, cfg)
-
-    server_round: int | None = None
-    if store is not None:
-        if args.clients or args.client_weights or args.client_ids:
-            raise ExplainError(
-                "--round reads the round's clients and weights; do not pass "
-                "--clients/--client-ids/--client-weights with it"
-            )
-        server_round = _resolve_round(str(args.round), store)
-        fused = store.load_round(server_round)
-        clients = ClientSet.from_round(fused)
-        source: dict[str, Any] = {"run_dir": str(run_dir), "round": server_round}
-        global_state, owner = fused.aggregate, f"round {server_round}'s global model"
-    elif args.global_model is None or not args.clients:
-        raise ExplainError(
-            "give the models: --run-dir DIR --round R, or --global FILE and "
-            "--clients FILE [FILE ...]"
-        )
-    else:
-        ids = args.client_ids.split(",") if args.client_ids else None
-        clients = load_client_files(
-            args.clients,
-            ids,
-            _weights_for(args.client_weights, ids),
-            weights_needed=options.scale_by_data_share,
-        )
-        source = {"clients": [str(p) for p in args.clients]}
-    if args.global_model is not None:
-        global_state = load_state_file(args.global_model)
-        owner = f"global model {args.global_model}"
-        source["global"] = str(args.global_model)
-    model = load_global_model(factory, global_state, owner)
-    inputs = _inputs(args, cfg, arch)
-    label_counts = _label_counts(run_dir, server_round, clients.client_ids)
-    explanation = explain(
-        model,
-        clients,
-        inputs,
-        options,
-        label_counts=label_counts,
-        source={**source, "architecture": arch or args.architecture},
-    )
+    run_models = cumulative or (store is not None and args.global_model is None)
+    options = _options(args, cfg, run_models)
+    explain_with = _explain_cumulative if cumulative else _explain_round
+    explanation, name = explain_with(args, cfg, arch, store, factory, options)
     out = args.out or (
-        run_dir / "explain" / f"round-{server_round}-{options.method}"
-        if run_dir is not None and server_round is not None
+        run_dir / "explain" / f"{name}-{options.method}"
+        if run_dir is not None
         else Path("tracefl-explain")
     )
     class_names = list(dataset_spec_of(arch).label_names) if arch else None
@@ -433,15 +519,177 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+_NO_FINAL_MODEL = (
+    "--method cumulative explains the run's final model by default, but {where} "
+    "has none (run with keep-final-model=true); pass --global FILE or --round R "
+    "to explain another model"
+)
+
+
+def _explain_round(
+    args: argparse.Namespace,
+    cfg: TraceFLConfig | None,
+    arch: dict[str, Any] | None,
+    store: ModelStore | None,
+    factory: Callable[[], nn.Module],
+    options: ExplainOptions,
+) -> tuple[Explanation, str]:
+    """A per-round method on a saved round or on loose files."""
+    server_round: int | None = None
+    if store is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--clients", args.clients),
+                ("--client-ids", args.client_ids),
+                ("--client-weights", args.client_weights),
+                ("--previous", args.previous),
+            )
+            if value
+        ]
+        if given:
+            raise ExplainError(
+                "--round reads the round's clients, weights and starting model; "
+                f"do not pass {'/'.join(given)} with it"
+            )
+        server_round = _resolve_round(str(args.round), store)
+        models = RoundModels.from_store(store, server_round)
+        source: dict[str, Any] = {"run_dir": str(args.run_dir), "round": server_round}
+        if args.global_model is None:
+            model = load_global_model(
+                factory,
+                models.fused.aggregate,
+                f"round {server_round}'s global model",
+            )
+        else:
+            model = load_global_model(
+                factory,
+                load_state_file(args.global_model),
+                f"global model {args.global_model}",
+            )
+            models = models.with_aggregate(model)
+            source["global"] = str(args.global_model)
+        name = f"round-{server_round}"
+    elif args.global_model is None or not args.clients:
+        raise ExplainError(
+            "give the models: --run-dir DIR --round R, or --global FILE and "
+            "--clients FILE [FILE ...]"
+        )
+    else:
+        model = load_global_model(
+            factory,
+            load_state_file(args.global_model),
+            f"global model {args.global_model}",
+        )
+        ids = args.client_ids.split(",") if args.client_ids else None
+        unweighted = args.method == "paper" and not options.method_options.get(
+            "scale_by_data_share", True
+        )
+        clients = load_client_files(
+            model,
+            args.clients,
+            ids,
+            _weights_for(args.client_weights, ids),
+            weights_needed=not unweighted,
+        )
+        previous = load_previous_file(model, args.previous) if args.previous else None
+        models = RoundModels.from_files(model, clients, previous)
+        source = {
+            "global": str(args.global_model),
+            "clients": [str(p) for p in args.clients],
+        }
+        if args.previous:
+            source["previous"] = str(args.previous)
+        name = "global"
+    inputs = _inputs(args, cfg, arch)
+    explanation = explain_round(
+        model,
+        models,
+        inputs,
+        options,
+        label_counts=_label_counts(
+            args.run_dir if server_round is not None else None,
+            server_round,
+            models.fused.client_ids,
+        ),
+        source={**source, "architecture": arch or args.architecture},
+    )
+    return explanation, name
+
+
+def _explain_cumulative(
+    args: argparse.Namespace,
+    cfg: TraceFLConfig | None,
+    arch: dict[str, Any] | None,
+    store: ModelStore | None,
+    factory: Callable[[], nn.Module],
+    options: ExplainOptions,
+) -> tuple[Explanation, str]:
+    """``cumulative``: any model (default the final one) against the run's U_k."""
+    given = [
+        flag
+        for flag, value in (
+            ("--clients", args.clients),
+            ("--client-ids", args.client_ids),
+            ("--client-weights", args.client_weights),
+            ("--previous", args.previous),
+        )
+        if value
+    ]
+    if given:
+        raise ExplainError(
+            "--method cumulative scores every client of the run from its "
+            f"cumulative store; do not pass {'/'.join(given)}"
+        )
+    updates = load_cumulative(args.run_dir)
+    source: dict[str, Any] = {
+        "run_dir": str(args.run_dir),
+        "cumulative_rounds": list(updates.rounds),
+    }
+    if args.global_model is not None:
+        state = load_state_file(args.global_model)
+        owner, name = f"global model {args.global_model}", "global"
+        source["global"] = str(args.global_model)
+    elif args.round is not None:
+        assert store is not None
+        server_round = _resolve_round(str(args.round), store)
+        state = store.load_round(server_round).aggregate
+        owner, name = f"round {server_round}'s global model", f"round-{server_round}"
+        source["round"] = server_round
+    else:
+        assert store is not None
+        if not store.manifest.get("final"):
+            raise ExplainError(_NO_FINAL_MODEL.format(where=store.root))
+        state = store.load_final()
+        owner, name = "the final global model", "final"
+        source["model"] = "final"
+    model = load_global_model(factory, state, owner)
+    inputs = _inputs(args, cfg, arch)
+    explanation = explain_cumulative(
+        model,
+        updates,
+        inputs,
+        options,
+        label_counts=_label_counts(args.run_dir, None, updates.client_ids),
+        source={**source, "architecture": arch or args.architecture},
+    )
+    return explanation, name
+
+
 def _summary(explanation: Explanation, top: int = 3) -> str:
-    """A screen table: each input's top clients with their probabilities."""
+    """A screen table: each input's top clients with their probability or score."""
     lines: list[str] = []
     for row in explanation.ranking_rows():
         if row["rank"] == 1:
             label = f" y={row['true_label']}" if row["true_label"] != "" else ""
             lines.append(f"{row['name']}{label} pred={row['predicted_label']}:")
-        if row["rank"] <= top:
-            lines[-1] += f"  {row['client_id']} {row['probability']:.3f}"
+        if row["rank"] != "" and row["rank"] <= top:
+            value = (
+                f"{row['probability']:.3f}"
+                if row["probability"] != ""
+                else f"score {row['score']:+.3g}"
+            )
+            lines[-1] += f"  {row['client_id']} {value}"
     return "\n".join(lines)
 
 

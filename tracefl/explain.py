@@ -1,23 +1,36 @@
 """Explain saved models: which client is behind each prediction (Flower-free).
 
 The library side of ``tracefl explain``: build the architecture, load the
-global and client models (from files or a run's model store), load inputs (an
-image folder, a tensor file, a text file or a split of the run's dataset), run
-an attribution method and write the per-input client ranking.
+models, load inputs (an image folder, a tensor file, a text file or a split of
+the run's dataset), run an attribution method of
+:data:`tracefl.attribution.METHODS` and write the per-input client ranking.
 
-Attribution methods are looked up by name in :data:`METHODS`, an explicit
-registry: a method is a function ``(global_model, clients, inputs, options)
--> ProvenanceResult``. ``paper`` is the engine of the paper (Eq. 5-7).
+Which methods run on saved models, by the state they need
+(:attr:`~tracefl.attribution.MethodSpec.state`):
+
+* per-round (``paper``, ``update``, ``loo``): one round's
+  :class:`~tracefl.attribution.FusedRound`, from a run's model store or built
+  from loose files as a FedAvg round (:class:`RoundModels`), explained by
+  :func:`explain_round`;
+* ``cumulative``: a run's :class:`~tracefl.attribution.CumulativeUpdates`
+  (``<run-dir>/cumulative/``) against any model, by :func:`explain_cumulative`;
+* the online cross-round methods accumulate during training on the run's fixed
+  query inputs only: they are refused here (their answers are in the run's
+  ``scores.csv``; ``cumulative`` explains new inputs).
+
+Pseudo-clients (``server``, ``noise``) are reported beside the clients, never
+ranked as the answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +39,34 @@ import torch
 from torch import Tensor, nn
 
 from tracefl import localization as loc
-from tracefl.attribution.fused_round import FusedRound, StateDict
+from tracefl.attribution import (
+    METHODS,
+    ROUND_METHODS,
+    AttributionResult,
+    CumulativeMethod,
+    CumulativeUpdates,
+    FusedRound,
+    StateDict,
+    create_round_method,
+    floating_entries,
+    method_spec,
+)
+from tracefl.attribution.registry import STORE_STATE
 from tracefl.config import TraceFLConfig
-from tracefl.model_store import ModelStoreError, load_state_file, load_state_into
-from tracefl.provenance import NeuronProvenance, ProvenanceResult
-from tracefl.provenance.validation import Inputs
+from tracefl.model_store import (
+    ModelStore,
+    ModelStoreError,
+    check_state,
+    load_state_file,
+    load_state_into,
+)
 from tracefl.registry import DatasetSpec, run_dataset_spec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TEXT_INPUT_KEYS = ("input_ids", "attention_mask")
+#: Where a run keeps its cumulative store (``<output-dir>/cumulative``, written
+#: after training when ``methods`` names ``cumulative``).
+CUMULATIVE_DIR = "cumulative"
 
 
 class ExplainError(ValueError):
@@ -46,152 +78,296 @@ class ExplainError(ValueError):
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """Engine options of one explanation.
+    """What to run on the models.
 
     Attributes
     ----------
     method
-        Name in :data:`METHODS`.
+        A name in :data:`tracefl.attribution.METHODS` that runs on saved models
+        (``paper``, ``update``, ``loo``, ``cumulative``).
     target
-        Which logit is explained: ``"predicted"`` (the argmax, the paper's
+        Which class is explained: ``"predicted"`` (the argmax, the paper's
         choice), ``"true"`` (the input's label) or a class index.
-    decay, enable_beta
-        Layer importance ``beta_l = decay ** (L - 1 - l)`` (or 1 if disabled).
-    scale_by_data_share
-        Scale client ``k``'s terms by ``p_k = n_k / n`` (the paper's Eq. 5).
     device
         ``cpu``, ``cuda`` or ``cuda:<i>``.
     chunk_size
         Inputs per forward/backward chunk (bounds memory).
-    client_chunk_size
-        Clients per chunk, for engines that stream clients (``None``: all).
+    method_options
+        Further keyword options of the method's constructor (e.g. the paper
+        method's ``scale_by_data_share``, ``decay``, ``enable_beta``,
+        ``layers``, ``include_server``); unset ones keep the method's default.
 
     """
 
     method: str = "paper"
     target: str | int = "predicted"
-    decay: float = 0.9
-    enable_beta: bool = True
-    scale_by_data_share: bool = True
     device: str = "cpu"
     chunk_size: int = 32
-    client_chunk_size: int | None = None
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def method_option_names(method: str) -> tuple[str, ...]:
+    """Keyword options a method's constructor takes (beyond ``device``, chunks).
+
+    Raises
+    ------
+    ExplainError
+        Unknown method, or one that does not run on saved models.
+
+    """
+    cls = _method_class(method)
+    return tuple(
+        name
+        for name, param in inspect.signature(cls).parameters.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY
+        and name not in ("device", "chunk_size")
+    )
+
+
+def _method_class(method: str) -> type:
+    if method not in METHODS:
+        raise ExplainError(
+            f"--method {method!r}: known methods are {', '.join(METHODS)}"
+        )
+    state = method_spec(method).state
+    if state is None:
+        return ROUND_METHODS[method]
+    if state == STORE_STATE:
+        return CumulativeMethod
+    raise ExplainError(
+        f"--method {method}: this method accumulates its scores during training, "
+        "one term per round on the run's fixed query inputs; it cannot run on "
+        "saved models. Its answers for those inputs are in the run's scores.csv "
+        f"(method = {method}); to explain new inputs with the whole training, use "
+        "--method cumulative (needs a run with 'cumulative' in its methods)."
+    )
+
+
+def _constructor_options(options: ExplainOptions) -> dict[str, Any]:
+    allowed = method_option_names(options.method)
+    for name in options.method_options:
+        if name not in allowed:
+            raise ExplainError(
+                f"method {options.method!r} has no option {name!r}; its options "
+                f"are {list(allowed)}"
+            )
+    return {
+        "device": options.device,
+        "chunk_size": options.chunk_size,
+        **options.method_options,
+    }
+
+
+# --------------------------------------------------------------------- models
 
 
 @dataclass(frozen=True)
-class ClientSet:
-    """The clients of one round as a method sees them.
+class RoundModels:
+    """One round's models as the per-round methods read them.
+
+    Attributes
+    ----------
+    fused
+        The round's terms ``theta_t = sum_k A_k theta_k + r`` with
+        ``theta_{t-1}`` (``previous``).
+    previous_known
+        Whether ``fused.previous`` really is the model the round started from.
+        Loose files without one put the aggregate there as a stand-in, which
+        the paper method never reads; :func:`explain_round` refuses the
+        methods that would.
+
+    """
+
+    fused: FusedRound
+    previous_known: bool = True
+
+    @classmethod
+    def from_store(cls, store: ModelStore, server_round: int) -> RoundModels:
+        """A saved round of a run's model store."""
+        return cls(store.load_round(server_round))
+
+    @classmethod
+    def from_files(
+        cls,
+        model: nn.Module,
+        clients: ClientFiles,
+        previous: Mapping[str, Tensor] | None = None,
+    ) -> RoundModels:
+        """A FedAvg round of loose files: ``A_k = n_k / n``, ``theta_t`` = ``model``.
+
+        The residual ``r = theta_t - sum_k p_k theta_k`` is what the weighted
+        average of the files does not explain (reported as ``server``).
+        """
+        aggregate = floating_entries(model.state_dict())
+        fused = FusedRound.weighted_average(
+            0,
+            "fedavg",
+            clients.client_ids,
+            clients.num_examples,
+            previous if previous is not None else aggregate,
+            clients.states,
+            aggregate,
+        )
+        return cls(fused, previous_known=previous is not None)
+
+    def with_aggregate(self, model: nn.Module) -> RoundModels:
+        """The same clients against another global model (``--global``).
+
+        ``theta_t`` becomes ``model``'s state and the residual is recomputed
+        from it, so ``server`` holds what the round's clients do not explain.
+        """
+        fused = self.fused
+        own = floating_entries(model.state_dict())
+        aggregate = {key: own[key] for key in fused.previous}
+        residual = {
+            key: aggregate[key].double()
+            - sum(
+                s[key].double() * c[key].double()
+                for s, c in zip(fused.shares, fused.clients, strict=True)
+            )
+            for key in fused.previous
+        }
+        return dataclasses.replace(
+            self,
+            fused=dataclasses.replace(fused, aggregate=aggregate, residual=residual),
+        )
+
+
+@dataclass(frozen=True)
+class ClientFiles:
+    """Client models read from files.
 
     Attributes
     ----------
     client_ids
         ``K`` names.
     states
-        ``K`` state dicts (the models as fused).
-    weights
-        ``K`` positive ``n_k`` (training samples).
-    fused
-        The whole round when it came from a model store (methods that need
-        ``theta_{t-1}`` or the fusion shares read it); ``None`` for loose files.
+        ``K`` state dicts (checked against the architecture).
+    num_examples
+        ``K`` positive ``n_k`` (1 each when the data share is not used).
 
     """
 
     client_ids: tuple[str, ...]
     states: tuple[StateDict, ...]
-    weights: tuple[float, ...]
-    fused: FusedRound | None = None
-
-    @classmethod
-    def from_round(cls, fused: FusedRound) -> ClientSet:
-        """The clients of a saved round, weighted by their ``num_examples``."""
-        return cls(
-            client_ids=fused.client_ids,
-            states=fused.clients,
-            weights=tuple(float(n) for n in fused.num_examples),
-            fused=fused,
-        )
+    num_examples: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class InputBatch:
-    """Inputs to explain.
-
-    Attributes
-    ----------
-    features
-        ``(B, ...)`` tensor, or a dict of ``(B, L)`` tensors for text models.
-    names
-        ``B`` names (file names, ``test[i]``, ``line 3``).
-    labels
-        ``(B,)`` int64 true labels, or ``None`` when unknown.
-    images
-        ``(B, H, W)`` or ``(B, H, W, C)`` uint8 pictures for the view, if any.
-
-    """
-
-    features: Tensor | dict[str, Tensor]
-    names: tuple[str, ...]
-    labels: Tensor | None = None
-    images: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-# ------------------------------------------------------------------- methods
-
-
-AttributionMethod = Callable[
-    [nn.Module, ClientSet, Inputs, Tensor | None, ExplainOptions], ProvenanceResult
-]
-
-
-def paper_method(
+def load_client_files(
     model: nn.Module,
-    clients: ClientSet,
-    inputs: Inputs,
-    target: Tensor | None,
-    options: ExplainOptions,
-) -> ProvenanceResult:
-    """The paper's neuron provenance (Eq. 5-7) via :class:`NeuronProvenance`.
+    paths: Sequence[Path],
+    client_ids: Sequence[str] | None = None,
+    weights: Sequence[float] | None = None,
+    *,
+    weights_needed: bool = True,
+) -> ClientFiles:
+    """Client models from files, with their ids and ``n_k``.
 
-    ``target`` is ``None`` (explain the predicted class) or ``(B,)`` class
-    indices; the latter, and ``client_chunk_size``, need an engine that
-    accepts them, else :class:`ExplainError` says so.
+    ``weights`` may be omitted only when ``weights_needed`` is False (the
+    method does not use the data shares); every client then weighs 1.
+
+    Raises
+    ------
+    ExplainError
+        Counts that do not match, missing weights where they are used, a
+        weight that is not a positive whole number of samples.
+    ModelStoreError
+        A file is missing, unsafe, unreadable, or does not fit the model.
+
     """
-    extra: dict[str, Any] = {}
-    if options.client_chunk_size is not None:
-        _require_parameter(NeuronProvenance.__init__, "client_chunk_size")
-        extra["client_chunk_size"] = options.client_chunk_size
-    engine = NeuronProvenance(
-        model,
-        list(clients.states),
-        list(clients.weights),
-        list(clients.client_ids),
-        decay=options.decay,
-        enable_beta=options.enable_beta,
-        scale_by_data_share=options.scale_by_data_share,
-        device=options.device,
-        chunk_size=options.chunk_size,
-        **extra,
+    if not paths:
+        raise ExplainError("--clients: give at least one client model file")
+    ids = (
+        tuple(client_ids)
+        if client_ids is not None
+        else tuple(Path(p).stem for p in paths)
     )
-    if target is None:
-        return engine.attribute(inputs)
-    _require_parameter(NeuronProvenance.attribute, "target")
-    return engine.attribute(inputs, target=target)
-
-
-def _require_parameter(func: Callable[..., Any], name: str) -> None:
-    if name not in inspect.signature(func).parameters:
-        option = {"target": "--target", "client_chunk_size": "--client-chunk-size"}
+    if len(ids) != len(paths):
         raise ExplainError(
-            f"{option.get(name, name)}: this version of the provenance engine "
-            f"does not accept '{name}'; leave the option at its default"
+            f"--client-ids has {len(ids)} names for {len(paths)} client files"
         )
+    if len(set(ids)) != len(ids):
+        raise ExplainError(
+            f"client ids must be unique, got {list(ids)} (use --client-ids)"
+        )
+    if weights is None:
+        if weights_needed:
+            raise ExplainError(
+                "--client-weights: the method uses the data shares p_k = n_k / n, "
+                "so every client's number of training samples n_k is needed (or "
+                "pass --no-pk with the paper method)"
+            )
+        weights = [1] * len(paths)
+    if len(weights) != len(paths):
+        raise ExplainError(
+            f"--client-weights has {len(weights)} values for {len(paths)} clients"
+        )
+    counts = []
+    for cid, w in zip(ids, weights, strict=True):
+        value = float(w)
+        if not (math.isfinite(value) and value > 0 and value.is_integer()):
+            raise ExplainError(
+                f"--client-weights: n_k of client '{cid}' must be a positive whole "
+                f"number of training samples, got {w}"
+            )
+        counts.append(int(value))
+    expected = model.state_dict()
+    states = []
+    for cid, path in zip(ids, paths, strict=True):
+        state = load_state_file(Path(path))
+        check_state(expected, state, f"client '{cid}' ({path})")
+        states.append(state)
+    return ClientFiles(ids, tuple(states), tuple(counts))
 
 
-#: Attribution methods by name (explicit; extended by adding entries here).
-METHODS: dict[str, AttributionMethod] = {"paper": paper_method}
+def load_previous_file(model: nn.Module, path: Path) -> StateDict:
+    """``theta_{t-1}`` from a file (``--previous``), checked against the model."""
+    state = load_state_file(Path(path))
+    check_state(model.state_dict(), state, f"previous model {path}")
+    return state
+
+
+def parse_client_weights(text: str) -> list[float] | dict[str, float]:
+    """``"412,380"``, or a JSON file: a list, or ``{client_id: n_k}``."""
+    path = Path(text)
+    if text.endswith(".json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ExplainError(f"--client-weights {text}: {err}") from err
+        if isinstance(data, list):
+            return [float(v) for v in data]
+        if isinstance(data, dict):
+            return {str(k): float(v) for k, v in data.items()}
+        raise ExplainError(
+            f"--client-weights {text}: expected a JSON list or object of numbers"
+        )
+    try:
+        return [float(tok) for tok in text.split(",") if tok.strip()]
+    except ValueError as err:
+        raise ExplainError(
+            f"--client-weights {text!r}: expected comma-separated numbers or a "
+            ".json file"
+        ) from err
+
+
+def load_cumulative(run_dir: Path) -> CumulativeUpdates:
+    """A run's cumulative store (``<run-dir>/cumulative``).
+
+    Raises
+    ------
+    ExplainError
+        The run kept none (``cumulative`` not in its ``methods``).
+
+    """
+    folder = Path(run_dir) / CUMULATIVE_DIR
+    if not (folder / "manifest.json").is_file():
+        raise ExplainError(
+            f"--method cumulative: no cumulative store in {folder}; run with "
+            "'cumulative' in methods (the store U_k = sum_t A_k^t Delta_k^t is "
+            "saved after training)"
+        )
+    return CumulativeUpdates.load(folder)
 
 
 # -------------------------------------------------------------- architecture
@@ -265,90 +441,33 @@ def load_global_model(
     return model
 
 
-# -------------------------------------------------------------------- clients
+# --------------------------------------------------------------------- inputs
 
 
-def load_client_files(
-    paths: Sequence[Path],
-    client_ids: Sequence[str] | None = None,
-    weights: Sequence[float] | None = None,
-    *,
-    weights_needed: bool = True,
-) -> ClientSet:
-    """Client models from files, with their ids and ``n_k``.
+@dataclass(frozen=True)
+class InputBatch:
+    """Inputs to explain.
 
-    ``weights`` may be omitted only when ``weights_needed`` is False (the data
-    share is not used); every client then weighs 1.
-
-    Raises
-    ------
-    ExplainError
-        Counts that do not match, missing weights where they are used.
-    ModelStoreError
-        A file is missing, unsafe or unreadable.
+    Attributes
+    ----------
+    features
+        ``(B, ...)`` tensor, or a dict of ``(B, L)`` tensors for text models.
+    names
+        ``B`` names (file names, ``test[i]``, ``line 3``).
+    labels
+        ``(B,)`` int64 true labels, or ``None`` when unknown.
+    images
+        ``(B, H, W)`` or ``(B, H, W, C)`` uint8 pictures for the view, if any.
 
     """
-    if not paths:
-        raise ExplainError("--clients: give at least one client model file")
-    ids = (
-        tuple(client_ids)
-        if client_ids is not None
-        else tuple(Path(p).stem for p in paths)
-    )
-    if len(ids) != len(paths):
-        raise ExplainError(
-            f"--client-ids has {len(ids)} names for {len(paths)} client files"
-        )
-    if len(set(ids)) != len(ids):
-        raise ExplainError(
-            f"client ids must be unique, got {list(ids)} (use --client-ids)"
-        )
-    if weights is None:
-        if weights_needed:
-            raise ExplainError(
-                "--client-weights: the data share p_k = n_k / n is on, so every "
-                "client's number of training samples n_k is needed (or pass --no-pk)"
-            )
-        weights = [1.0] * len(paths)
-    if len(weights) != len(paths):
-        raise ExplainError(
-            f"--client-weights has {len(weights)} values for {len(paths)} clients"
-        )
-    for cid, w in zip(ids, weights, strict=True):
-        if not (math.isfinite(float(w)) and float(w) > 0):
-            raise ExplainError(
-                f"--client-weights: weight of client '{cid}' must be a positive "
-                f"number, got {w}"
-            )
-    states = tuple(load_state_file(Path(p)) for p in paths)
-    return ClientSet(ids, states, tuple(float(w) for w in weights))
 
+    features: Tensor | dict[str, Tensor]
+    names: tuple[str, ...]
+    labels: Tensor | None = None
+    images: np.ndarray | None = None
 
-def parse_client_weights(text: str) -> list[float] | dict[str, float]:
-    """``"412,380"``, or a JSON file: a list, or ``{client_id: n_k}``."""
-    path = Path(text)
-    if text.endswith(".json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ExplainError(f"--client-weights {text}: {err}") from err
-        if isinstance(data, list):
-            return [float(v) for v in data]
-        if isinstance(data, dict):
-            return {str(k): float(v) for k, v in data.items()}
-        raise ExplainError(
-            f"--client-weights {text}: expected a JSON list or object of numbers"
-        )
-    try:
-        return [float(tok) for tok in text.split(",") if tok.strip()]
-    except ValueError as err:
-        raise ExplainError(
-            f"--client-weights {text!r}: expected comma-separated numbers or a "
-            ".json file"
-        ) from err
-
-
-# --------------------------------------------------------------------- inputs
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def load_image_folder(folder: Path, spec: DatasetSpec, resize: bool) -> InputBatch:
@@ -587,64 +706,78 @@ def _denormalise(features: Tensor, spec: DatasetSpec) -> np.ndarray:
 
 # ---------------------------------------------------------------- explanation
 
+#: What a per-round method reads of ``theta_{t-1}`` (refused without it).
+READS_PREVIOUS = {
+    "update": "each client's update Delta_k = theta_k - theta_{t-1}",
+}
+
 
 @dataclass(frozen=True)
 class Explanation:
-    """The result of :func:`explain`, with what produced it.
+    """The result of :func:`explain_round` or :func:`explain_cumulative`.
 
     Attributes
     ----------
     result
-        The method's :class:`ProvenanceResult` (``probs``/``scores`` (B, K)).
+        The method's :class:`~tracefl.attribution.AttributionResult`:
+        ``scores`` ``(B, K')`` (clients, then pseudo-clients), ``probs``
+        ``(B, K)`` or ``None``, ``traced`` ``(B,)``.
     inputs
         The explained inputs (names, labels).
-    clients
-        Client ids and weights.
     options
         The options used.
-    target
-        ``(B,)`` explained class per input, or ``None`` (predicted class).
+    num_examples
+        ``K`` training-set sizes ``n_k`` of the clients, when known.
     label_counts
-        ``(K, C)`` the clients' label histograms when known (from a run).
+        ``(K, C)`` the clients' label histograms, when known (from a run).
     source
         Where the models came from (files, run directory, round).
 
     """
 
-    result: ProvenanceResult
+    result: AttributionResult
     inputs: InputBatch
-    clients: ClientSet
     options: ExplainOptions
-    target: Tensor | None = None
+    num_examples: tuple[int, ...] | None = None
     label_counts: np.ndarray | None = None
     source: Mapping[str, Any] | None = None
 
     def ranking_rows(self) -> list[dict[str, Any]]:
-        """Long-format ranking: one row per (input, client), best client first."""
-        probs = self.result.probs.double().cpu()
-        scores = self.result.scores.double().cpu()
-        order = loc.rank_clients(probs)
-        preds = self.result.predicted_labels.cpu().tolist()
+        """Long format: per input its clients, best first, then pseudo-clients.
+
+        Clients are ranked by score (for the paper method the same order as
+        its probabilities), so rank 1 is the method's traced client.
+        Pseudo-clients (``server``, ``noise``) follow with an empty rank: they
+        are reported, never the answer.
+        """
+        res = self.result
+        scores = res.scores.double().cpu()
+        probs = None if res.probs is None else res.probs.double().cpu()
+        order = loc.rank_clients(res.client_scores)
+        preds = res.predicted_labels.cpu().tolist()
+        targets = res.targets.cpu().tolist()
         labels = None if self.inputs.labels is None else self.inputs.labels.tolist()
         verdicts = self._verdicts()
         rows = []
         for b, name in enumerate(self.inputs.names):
-            for rank, k in enumerate(order[b].tolist(), 1):
+            columns = [*order[b].tolist(), *range(res.num_clients, len(res.column_ids))]
+            for position, k in enumerate(columns):
+                ranked = k < res.num_clients
                 row: dict[str, Any] = {
                     "input": b,
                     "name": name,
                     "true_label": "" if labels is None else labels[b],
                     "predicted_label": preds[b],
-                    "explained_label": preds[b]
-                    if self.target is None
-                    else int(self.target[b]),
-                    "rank": rank,
-                    "client_id": self.clients.client_ids[k],
-                    "probability": float(probs[b, k]),
+                    "explained_label": targets[b],
+                    "rank": position + 1 if ranked else "",
+                    "client_id": res.column_ids[k],
+                    "probability": float(probs[b, k])
+                    if probs is not None and ranked
+                    else "",
                     "score": float(scores[b, k]),
                 }
                 for key, values in verdicts.items():
-                    row[key] = bool(values[b]) if rank == 1 else ""
+                    row[key] = bool(values[b]) if position == 0 else ""
                 rows.append(row)
         return rows
 
@@ -661,9 +794,10 @@ class Explanation:
 
     def to_json(self) -> dict[str, Any]:
         """Everything as plain JSON: options, clients, per-input ranking."""
-        rows = self.ranking_rows()
+        res = self.result
         per_input: list[dict[str, Any]] = []
-        for row in rows:
+        pseudo_wins = res.pseudo_would_win.tolist()
+        for row in self.ranking_rows():
             if row["rank"] == 1:
                 per_input.append(
                     {
@@ -676,57 +810,64 @@ class Explanation:
                             "explained_label",
                         )
                     }
-                    | {"traced_client": row["client_id"], "ranking": []}
+                    | {"traced_client": row["client_id"]}
                     | {
                         k: row[k]
                         for k in ("paper_correct", "strict_correct")
                         if k in row
                     }
+                    | {
+                        "pseudo_client_would_win": bool(pseudo_wins[row["input"]]),
+                        "ranking": [],
+                        "pseudo_clients": [],
+                    }
                 )
-            per_input[-1]["ranking"].append(
-                {
-                    "client_id": row["client_id"],
-                    "probability": row["probability"],
-                    "score": row["score"],
-                }
-            )
-        total = sum(self.clients.weights)
+            entry = {"client_id": row["client_id"], "score": row["score"]}
+            if row["rank"] == "":
+                per_input[-1]["pseudo_clients"].append(entry)
+            else:
+                probability = row["probability"]
+                entry["probability"] = None if probability == "" else probability
+                per_input[-1]["ranking"].append(entry)
+        clients: list[dict[str, Any]] = [{"client_id": c} for c in res.client_ids]
+        if self.num_examples is not None:
+            total = sum(self.num_examples)
+            for entry, n in zip(clients, self.num_examples, strict=True):
+                entry |= {"num_examples": n, "data_share": n / total}
         return {
             "method": self.options.method,
-            "options": asdict(self.options),
+            "options": dataclasses.asdict(self.options),
             "source": dict(self.source or {}),
-            "clients": [
-                {"client_id": cid, "weight": w, "data_share": w / total}
-                for cid, w in zip(
-                    self.clients.client_ids, self.clients.weights, strict=True
-                )
-            ],
-            "layers": list(self.result.layer_names),
+            "ranked_by": "score",
+            "has_probabilities": res.probs is not None,
+            "clients": clients,
+            "pseudo_clients": list(res.column_ids[res.num_clients :]),
+            "seconds": res.seconds,
             "inputs": per_input,
         }
 
 
-def explain(
+def explain_round(
     model: nn.Module,
-    clients: ClientSet,
+    models: RoundModels,
     inputs: InputBatch,
     options: ExplainOptions,
     *,
     label_counts: np.ndarray | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> Explanation:
-    """Attribute the global model's prediction on every input to the clients.
+    """Attribute the round's global model on every input to the round's clients.
 
     Parameters
     ----------
     model
-        The global model (weights loaded).
-    clients
-        The round's client models, ids and ``n_k``.
+        The global model, holding ``models.fused.aggregate``.
+    models
+        The round (:class:`RoundModels`).
     inputs
         What to explain.
     options
-        Method and engine options.
+        A per-round method (``paper``, ``update``, ``loo``) and its options.
     label_counts
         ``(K, C)`` the clients' label histograms, if known (adds the paper and
         strict verdicts and the label-share panel of the view).
@@ -736,31 +877,89 @@ def explain(
     Raises
     ------
     ExplainError
-        Unknown method, a target that needs labels the inputs lack, a class
-        out of range.
+        A method that is not per-round, one that needs the round's starting
+        model where it is unknown, a target that needs labels the inputs lack.
+    AttributionError
+        A method option or the model does not fit the round.
 
     """
-    method = METHODS.get(options.method)
-    if method is None:
+    if _method_class(options.method) is CumulativeMethod:
         raise ExplainError(
-            f"--method {options.method!r}: known methods are {', '.join(METHODS)}"
+            "--method cumulative scores the run's cumulative updates, not one "
+            "round's clients: explain_cumulative (tracefl explain --run-dir DIR "
+            "--method cumulative)"
         )
-    if label_counts is not None and label_counts.shape[0] != len(clients.client_ids):
+    fused = models.fused
+    reads = READS_PREVIOUS.get(options.method)
+    if options.method == "loo" and fused.num_clients == 1:
+        reads = "theta_{t-1} as the round without its only client"
+    if reads and not models.previous_known:
         raise ExplainError(
-            f"label counts have {label_counts.shape[0]} rows for "
-            f"{len(clients.client_ids)} clients"
+            f"--method {options.method} reads {reads}, so it needs the model the "
+            "round started from: pass --previous FILE, or explain a saved round "
+            "(--run-dir DIR --round R)"
         )
+    method = create_round_method(options.method, **_constructor_options(options))
+    _check_label_counts(label_counts, fused.num_clients)
     target = _target_tensor(options.target, inputs)
-    result = method(model, clients, inputs.features, target, options)
+    result = method.attribute(fused, model, inputs.features, target=target)
     return Explanation(
         result=result,
         inputs=inputs,
-        clients=clients,
         options=options,
-        target=target,
+        num_examples=fused.num_examples,
         label_counts=label_counts,
         source=source,
     )
+
+
+def explain_cumulative(
+    model: nn.Module,
+    store: CumulativeUpdates,
+    inputs: InputBatch,
+    options: ExplainOptions,
+    *,
+    label_counts: np.ndarray | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> Explanation:
+    """Attribute any model's prediction to the clients' whole-training updates.
+
+    ``s_k = <d f / d theta at model, U_k>`` with ``U_k = sum_t A_k^t
+    Delta_k^t`` from the run's store (see
+    :class:`~tracefl.attribution.CumulativeMethod`); ``label_counts`` rows
+    follow ``store.client_ids``.
+
+    Raises
+    ------
+    ExplainError
+        ``options.method`` is not ``cumulative``; a target needing labels.
+    AttributionError
+        The model does not have the store's keys and shapes; a bad option.
+
+    """
+    if _method_class(options.method) is not CumulativeMethod:
+        raise ExplainError(
+            f"--method {options.method} explains one round's clients: "
+            "explain_round (tracefl explain --round R)"
+        )
+    method = CumulativeMethod(store, **_constructor_options(options))
+    _check_label_counts(label_counts, len(store.client_ids))
+    target = _target_tensor(options.target, inputs)
+    result = method.attribute(model, inputs.features, target=target)
+    return Explanation(
+        result=result,
+        inputs=inputs,
+        options=options,
+        label_counts=label_counts,
+        source=source,
+    )
+
+
+def _check_label_counts(label_counts: np.ndarray | None, num_clients: int) -> None:
+    if label_counts is not None and label_counts.shape[0] != num_clients:
+        raise ExplainError(
+            f"label counts have {label_counts.shape[0]} rows for {num_clients} clients"
+        )
 
 
 def _target_tensor(target: str | int, inputs: InputBatch) -> Tensor | None:
@@ -798,6 +997,20 @@ RANKING_COLUMNS = (
 )
 
 
+def view_values(result: AttributionResult) -> tuple[np.ndarray, bool]:
+    """``(B, K)`` values the per-input view draws, and whether they are scores.
+
+    The probabilities where the method has them; otherwise each input's client
+    scores divided by the largest absolute one of that input (scores of
+    different inputs differ in scale, the ranking within an input does not).
+    """
+    if result.probs is not None:
+        return result.probs.double().cpu().numpy(), False
+    scores = result.client_scores.double().cpu().numpy()
+    scale = np.abs(scores).max(axis=1, keepdims=True)
+    return scores / np.where(scale > 0, scale, 1.0), True
+
+
 def write_explanation(
     explanation: Explanation,
     out_dir: Path,
@@ -807,9 +1020,9 @@ def write_explanation(
 ) -> list[Path]:
     """Write ``ranking.csv``, ``explanation.json`` and ``explanation.{png,pdf}``.
 
-    The figure is the per-input view: client probabilities per input (the top
-    client boxed), the inputs' pictures for image data, and each client's
-    share of every label when the label counts are known.
+    The figure is the per-input view: client probabilities (or scaled scores)
+    per input with the top client boxed, the inputs' pictures for image data,
+    and each client's share of every label when the label counts are known.
     """
     from tracefl.plotting import plot_client_probabilities
     from tracefl.results_io import write_csv, write_json
@@ -823,7 +1036,8 @@ def write_explanation(
     if not plot:
         return paths
     inputs = explanation.inputs
-    preds = explanation.result.predicted_labels.cpu().tolist()
+    result = explanation.result
+    preds = result.predicted_labels.cpu().tolist()
     names = list(class_names) if class_names else None
 
     def label(c: int) -> str:
@@ -839,13 +1053,16 @@ def write_explanation(
     if explanation.label_counts is not None:
         counts = explanation.label_counts.astype(float)
         share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
-    title = f"{explanation.options.method}: client probability per input"
+    values, scaled = view_values(result)
+    what = "client score (scaled)" if scaled else "client probability"
     paths += plot_client_probabilities(
-        explanation.result.probs.double().cpu().numpy(),
+        values,
         row_labels,
-        list(explanation.clients.client_ids),
+        list(result.client_ids),
         out_dir / "explanation",
-        title=title,
+        title=f"{explanation.options.method}: {what} per input",
+        scaled_scores=scaled,
+        traced=result.traced.cpu().numpy(),
         label_share=share,
         class_labels=names,
         images=inputs.images,

@@ -135,12 +135,15 @@ def _load_torch_state(path: Path) -> StateDict:
     return {str(k): v for k, v in obj.items()}
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, Tensor], owner: str) -> None:
-    """Load ``state`` into ``model`` after checking keys and shapes.
+def check_state(
+    expected: Mapping[str, Tensor], state: Mapping[str, Tensor], owner: str
+) -> None:
+    """Raise unless ``state`` has the keys and shapes of ``expected``.
 
-    Every floating-point entry of the model's state dict must be present with
-    its shape; integer buffers (BatchNorm's ``num_batches_tracked``) may be
-    absent, since a :class:`FusedRound` keeps floating entries only.
+    Every floating-point entry of ``expected`` (a model's state dict) must be
+    present with its shape; integer buffers (BatchNorm's
+    ``num_batches_tracked``) may be absent, since a :class:`FusedRound` keeps
+    floating entries only.
 
     Raises
     ------
@@ -148,7 +151,6 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], owner: str) -
         Missing or unexpected key, or a shape mismatch (named, with ``owner``).
 
     """
-    expected = model.state_dict()
     unexpected = [k for k in state if k not in expected]
     if unexpected:
         raise ModelStoreError(
@@ -167,6 +169,18 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], owner: str) -
                 f"{owner} does not match the architecture: '{key}' has shape "
                 f"{tuple(state[key].shape)}, the model expects {tuple(ref.shape)}"
             )
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, Tensor], owner: str) -> None:
+    """Load ``state`` into ``model`` after :func:`check_state` (keys, shapes).
+
+    Raises
+    ------
+    ModelStoreError
+        Missing or unexpected key, or a shape mismatch (named, with ``owner``).
+
+    """
+    check_state(model.state_dict(), state, owner)
     model.load_state_dict(dict(state), strict=False)
 
 

@@ -142,10 +142,11 @@ def format_value(value: Any) -> str:
 
 def run_title(config: Mapping[str, Any]) -> str:
     """A figure title from a run's config, e.g. ``mnist, cnn, 10 clients, α=0.3``."""
+    clients = config.get("num-clients")  # 0: the federation's, if not recorded
     parts = [
         str(config.get("dataset", "")),
         str(config.get("model", "")),
-        f"{config.get('num-clients', '?')} clients",
+        f"{clients} clients" if clients else "",
         rf"$\alpha$ = {format_value(config.get('dirichlet-alpha', ''))}",
     ]
     if float(config.get("noise-multiplier", 0) or 0) > 0:
@@ -233,22 +234,28 @@ def draw_client_probabilities(
     client_labels: Sequence[str],
     *,
     title: str,
+    scaled_scores: bool = False,
+    traced: np.ndarray | None = None,
     label_share: np.ndarray | None = None,
     class_labels: Sequence[str] | None = None,
     images: np.ndarray | None = None,
 ) -> plt.Figure:
-    """Per-input client probabilities as a heatmap, the top client boxed.
+    """Per-input client probabilities (or scores) as a heatmap, the top client boxed.
 
     Parameters
     ----------
     probs
-        ``(B, K)`` probability of each client for each input.
+        ``(B, K)`` probability of each client for each input; with
+        ``scaled_scores``, scores divided by each input's largest absolute
+        score (in ``[-1, 1]``, drawn with a diverging colour map around 0).
     row_labels, client_labels
         ``B`` input names and ``K`` client names.
-    stem
-        Output path without suffix (``.png`` and ``.pdf`` are written).
     title
         Title of the probability panel.
+    scaled_scores
+        The values are scaled scores, not probabilities.
+    traced
+        ``(B,)`` index of the boxed client per input (default: the argmax).
     label_share
         ``(K, C)`` share of each label held by each client: drawn as a second
         panel (the paper's Fig. 1 view).
@@ -276,15 +283,22 @@ def draw_client_probabilities(
         )
         axes = list(axes[0])
         ax_p = axes[0]
-        im = ax_p.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        traced = probs.argmax(axis=1)
+        is_probability = not scaled_scores
+        im = ax_p.imshow(
+            probs,
+            aspect="auto",
+            cmap="viridis" if is_probability else "RdBu_r",
+            vmin=0 if is_probability else -1,
+            vmax=1,
+        )
+        boxed = probs.argmax(axis=1) if traced is None else np.asarray(traced)
         ax_p.scatter(
-            traced,
+            boxed,
             np.arange(b),
             marker="s",
             s=40,
             facecolors="none",
-            edgecolors="white",
+            edgecolors="white" if is_probability else "black",
             linewidths=0.9,
             label="Top-ranked client",
         )
@@ -312,7 +326,9 @@ def draw_client_probabilities(
         ax_p.set_xlabel("Client")
         ax_p.set_title(title)
         cbar = fig.colorbar(im, cax=divider.append_axes("right", size=0.1, pad=0.08))
-        cbar.set_label("Client probability")
+        cbar.set_label(
+            "Client probability" if is_probability else "Score / largest |score|"
+        )
         if label_share is not None:
             ax_c = axes[1]
             im2 = ax_c.imshow(
@@ -344,6 +360,8 @@ def plot_client_probabilities(
     stem: Path,
     *,
     title: str,
+    scaled_scores: bool = False,
+    traced: np.ndarray | None = None,
     label_share: np.ndarray | None = None,
     class_labels: Sequence[str] | None = None,
     images: np.ndarray | None = None,
@@ -356,6 +374,8 @@ def plot_client_probabilities(
                 row_labels,
                 client_labels,
                 title=title,
+                scaled_scores=scaled_scores,
+                traced=traced,
                 label_share=label_share,
                 class_labels=class_labels,
                 images=images,
@@ -374,8 +394,11 @@ def plot_provenance_round(
 ) -> list[Path]:
     """Client probabilities per traced input beside the clients' label counts."""
     rows = inputs[inputs["round"] == server_round]
-    held = clients[clients["round"] == server_round].sort_values("client")
-    client_ids = held["client"].tolist()
+    held = clients[clients["round"] == server_round]
+    if "status" in held:  # rejected, failed, timed-out clients hold no share
+        held = held[held["status"] == "fused"]
+    held = held.dropna(subset=["client"]).sort_values("client")
+    client_ids = held["client"].astype(int).tolist()
     probs = rows[[f"prob_client-{c}" for c in client_ids]].to_numpy(dtype=float)
     label_cols = [c for c in held.columns if c.startswith("label_")]
     counts = held[label_cols].to_numpy(dtype=float)
@@ -395,26 +418,132 @@ def plot_provenance_round(
 
 
 def read_run_config(out_dir: Path) -> dict[str, Any]:
-    """The ``config`` of a run's ``run.json`` (empty if there is none)."""
+    """The ``config`` of a run's ``run.json`` (empty if there is none).
+
+    ``num-clients = 0`` (the federation decides) becomes the number of
+    partitions the run recorded.
+    """
     path = Path(out_dir) / "run.json"
     if not path.is_file():
         return {}
-    return dict(json.loads(path.read_text()).get("config", {}))
+    info = json.loads(path.read_text())
+    config = dict(info.get("config", {}))
+    partitions = (info.get("federation") or {}).get("num_partitions")
+    if not config.get("num-clients") and partitions:
+        config["num-clients"] = int(partitions)
+    return config
+
+
+# ------------------------------------------------------------ per method
+
+#: Line styles told apart in grey scale (curves; chance levels).
+LINESTYLES = ("-", "--", "-.", ":")
+CHANCE_STYLES = (":", "--", "-.")
+#: Line style of each method in the per-method figure (others: by order).
+METHOD_STYLES = {
+    "paper": ("C0", "s"),
+    "update": ("C1", "^"),
+    "loo": ("C2", "D"),
+    "cross-round": ("C3", "v"),
+    "cross-round-unweighted": ("C4", "P"),
+    "cumulative": ("C5", "X"),
+    "fedinfluence": ("C6", "o"),
+}
+
+
+def draw_method_accuracy(methods: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Strict (or faulty-client) accuracy per method and round, with chance.
+
+    ``methods`` is a run's ``methods.csv``. A method's chance level is that of
+    a uniformly random client among those it ranks (a round's participants for
+    per-round methods, every client seen for cross-round ones): one grey line
+    per distinct chance curve, named after the methods it belongs to. Markers
+    are dodged sideways by a few hundredths of a round so that methods with
+    equal accuracy stay visible.
+    """
+    faulty = numeric_column(methods, "faulty_accuracy").notna().any()
+    metric, chance, what = (
+        ("faulty_accuracy", "faulty_random_baseline", "Faulty client found (%)")
+        if faulty
+        else ("strict_accuracy", "strict_random_baseline", "Strict accuracy (%)")
+    )
+    names = list(dict.fromkeys(methods["method"]))
+    chance_by_round = methods.pivot_table(
+        index="round", columns="method", values=chance
+    )
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for name in names:
+        if name in chance_by_round:
+            curve = tuple(np.round(chance_by_round[name].to_numpy(), 9))
+            groups.setdefault(curve, []).append(name)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
+        for i, name in enumerate(names):
+            rows = methods[methods["method"] == name].sort_values("round")
+            color, marker = METHOD_STYLES.get(name, (f"C{(7 + i) % 10}", "o"))
+            # Methods that agree would hide each other: dodge them sideways.
+            dodge = (i - (len(names) - 1) / 2) * min(0.06, 0.3 / len(names))
+            ax.plot(
+                rows["round"] + dodge,
+                100 * numeric_column(rows, metric),
+                linestyle="-",
+                marker=marker,
+                markerfacecolor="white" if i % 2 else color,
+                color=color,
+                label=name,
+            )
+        for j, (curve, members) in enumerate(groups.items()):
+            label = "Random client"
+            if len(groups) > 1:
+                label += f" ({', '.join(members)})"
+            ax.plot(
+                chance_by_round.index,
+                100 * np.array(curve),
+                linestyle=CHANCE_STYLES[j % len(CHANCE_STYLES)],
+                color=str(0.25 + 0.25 * (j % 3)),
+                label=label,
+            )
+        ax.set_xlabel("Round")
+        ax.set_ylabel(what)
+        ax.set_ylim(-2, 104)
+        integer_rounds(ax, methods["round"])
+        legend_below(ax, ncol=2)
+        if title:
+            ax.set_title(title)
+        return fig
+
+
+def plot_method_accuracy(
+    methods: pd.DataFrame, stem: Path, title: str = ""
+) -> list[Path]:
+    """Draw with :func:`draw_method_accuracy` and save as ``stem.png``/``.pdf``."""
+    with figure_style():
+        return save_figure(draw_method_accuracy(methods, title), stem)
 
 
 def plot_run(out_dir: Path) -> list[Path]:
-    """Rebuild every figure of one run directory from its CSVs."""
+    """Rebuild every figure of one run directory from its CSVs.
+
+    ``methods.{png,pdf}`` when the run scored its methods (``methods.csv``);
+    the per-input views when ``inputs.csv`` has the paper method's client
+    probabilities.
+    """
     out_dir = Path(out_dir)
     rounds = pd.read_csv(out_dir / "rounds.csv")
     config = read_run_config(out_dir)
-    paths = plot_accuracy(
-        rounds, out_dir / "accuracy", title=run_title(config) if config else ""
-    )
+    title = run_title(config) if config else ""
+    paths = plot_accuracy(rounds, out_dir / "accuracy", title=title)
+    methods_path = out_dir / "methods.csv"
+    if methods_path.is_file():
+        methods = pd.read_csv(methods_path)
+        if len(methods):
+            paths += plot_method_accuracy(methods, out_dir / "methods", title=title)
     inputs_path, clients_path = out_dir / "inputs.csv", out_dir / "clients.csv"
     if inputs_path.exists() and clients_path.exists():
         inputs = pd.read_csv(inputs_path)
         clients = pd.read_csv(clients_path)
-        for server_round in sorted(inputs["round"].unique()):
+        has_probs = any(c.startswith("prob_client-") for c in inputs.columns)
+        for server_round in sorted(inputs["round"].unique()) if has_probs else []:
             paths += plot_provenance_round(
                 inputs,
                 clients,

@@ -24,6 +24,7 @@ import pandas as pd
 
 from tracefl.plotting import (
     COLUMN_WIDTH,
+    LINESTYLES,
     TEXT_WIDTH,
     figure_style,
     format_value,
@@ -107,7 +108,7 @@ def _mean(frame: pd.DataFrame, column: str) -> float:
 
 def summarize_run(run_dir: Path) -> dict[str, object]:
     """Summary row of one run (means over the rounds that were traced)."""
-    cfg = json.loads((run_dir / "run.json").read_text())["config"]
+    cfg = read_run_config(run_dir)
     rounds = pd.read_csv(run_dir / "rounds.csv")
     traced = rounds[rounds["status"] == "traced"]
     after_first = traced[traced["round"] > 1]
@@ -403,7 +404,6 @@ def plot_lines(
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
-LINESTYLES = ("-", "--", "-.", ":")
 
 
 def draw_round_curves(
