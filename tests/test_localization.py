@@ -276,3 +276,13 @@ def test_cell_interval_edge_cases() -> None:
     assert nan.num_inputs == 1 and nan.mean == 1.0
     with pytest.raises(ValueError, match="confidence"):
         loc.cell_interval(np.ones(1), [0], [1], [0], confidence=1.0)
+
+
+def test_cell_interval_is_clipped_to_the_metrics_range() -> None:
+    values = np.array([1.0, 1.0, 0.0, 1.0, 1.0])
+    cells = np.arange(5)
+    zeros = np.zeros(5)
+    free = loc.cell_interval(values, zeros, cells, zeros)
+    clipped = loc.cell_interval(values, zeros, cells, zeros, bounds=(0.0, 1.0))
+    assert free.high > 1.0 and clipped.high == 1.0
+    assert clipped.low == free.low and clipped.mean == free.mean == 0.8

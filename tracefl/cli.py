@@ -81,9 +81,6 @@ METHOD_FLAGS = {
     "--objective": ("objective", "objective"),
     "--client-chunk-size": ("client_chunk_size", "clients_per_call"),
 }
-#: Fusions whose residual is float rounding only (without DP): the app scores
-#: no ``server`` pseudo-client for them, and neither does ``tracefl explain``.
-WEIGHTED_AVERAGE_FUSIONS = ("fedavg", "fedprox")
 
 
 # ------------------------------------------------------------------ parser
@@ -350,11 +347,8 @@ def _options(
         chosen.setdefault("decay", base.beta_decay)
         chosen.setdefault("layers", base.provenance_layers)
     if "include_server" in allowed:
-        plain_average = (
-            cfg is not None
-            and cfg.fusion in WEIGHTED_AVERAGE_FUSIONS
-            and not cfg.dp_enabled
-        )
+        # As the app does for a run's own models (TraceFLConfig.residual_expected).
+        plain_average = cfg is not None and not cfg.residual_expected
         chosen["include_server"] = not (run_models and plain_average)
     target: str | int = args.target
     if isinstance(target, str) and target.isdigit():

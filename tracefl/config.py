@@ -185,6 +185,15 @@ class TraceFLConfig:
         return path.resolve()
 
     @property
+    def residual_expected(self) -> bool:
+        """Whether a round's residual ``r`` can be more than float rounding.
+
+        Not for FedAvg/FedProx without DP (``theta_t = sum_k p_k theta_k``);
+        then no ``server`` pseudo-client is scored.
+        """
+        return self.fusion not in ("fedavg", "fedprox") or self.dp_enabled
+
+    @property
     def method_names(self) -> tuple[str, ...]:
         """The enabled attribution methods, in the order given."""
         return tuple(m.strip() for m in self.methods.split(",") if m.strip())

@@ -60,13 +60,13 @@ from tracefl.model_store import (
     load_state_file,
     load_state_into,
 )
+from tracefl.output_dir import CUMULATIVE_DIR
 from tracefl.registry import DatasetSpec, run_dataset_spec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TEXT_INPUT_KEYS = ("input_ids", "attention_mask")
 #: Where a run keeps its cumulative store (``<output-dir>/cumulative``, written
 #: after training when ``methods`` names ``cumulative``).
-CUMULATIVE_DIR = "cumulative"
 
 
 class ExplainError(ValueError):

@@ -386,6 +386,7 @@ def cell_interval(
     rounds: np.ndarray,
     labels: np.ndarray,
     confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
 ) -> CellEstimate:
     """Mean and interval of a per-input metric, counting (seed, round, label) cells.
 
@@ -404,6 +405,9 @@ def cell_interval(
         (N,) the cell of each input.
     confidence
         Coverage of the interval, in (0, 1).
+    bounds
+        Range the metric cannot leave (``(0, 1)`` for a rate): the interval is
+        clipped to it (a t-interval on few cells can overshoot).
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -426,4 +430,7 @@ def cell_interval(
         return CellEstimate(mean, float("nan"), float("nan"), n_cells, len(v))
     sem = float(cell_means.std(ddof=1)) / np.sqrt(n_cells)
     half = float(student_t.ppf((1 + confidence) / 2, n_cells - 1)) * sem
-    return CellEstimate(mean, mean - half, mean + half, n_cells, len(v))
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return CellEstimate(mean, low, high, n_cells, len(v))

@@ -28,7 +28,9 @@ RESULT_PATTERNS = (
     re.compile(r"provenance_round_\d+\.(png|pdf)"),
     re.compile(r"\..+\.tmp"),
 )
-RESULT_DIRS = ("models", "cumulative")
+#: Where the cumulative fused updates ``U_k`` of a run are kept.
+CUMULATIVE_DIR = "cumulative"
+RESULT_DIRS = ("models", CUMULATIVE_DIR)
 
 
 class OutputDirInUseError(RuntimeError):

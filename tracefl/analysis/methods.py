@@ -59,7 +59,7 @@ class MethodSuite:
     ) -> None:
         self.names = cfg.method_names
         engine = {"device": str(device), "chunk_size": cfg.provenance_chunk_size}
-        with_server = not (cfg.fusion in ("fedavg", "fedprox") and not cfg.dp_enabled)
+        with_server = cfg.residual_expected
         self.round_methods: dict[str, RoundMethod] = {}
         for name in self.names:
             if method_spec(name).state is None:

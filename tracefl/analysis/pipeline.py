@@ -33,6 +33,7 @@ from tracefl.analysis.step import AnalysisStep
 from tracefl.config import TraceFLConfig, sampled_train_nodes
 from tracefl.dataset import LabeledTensors
 from tracefl.model_store import ModelStore
+from tracefl.output_dir import CUMULATIVE_DIR
 from tracefl.strategy import RoundOutcome
 
 log = logging.getLogger("tracefl")
@@ -81,7 +82,7 @@ def build_analyzer(
     federation_size: int,
 ) -> RoundAnalyzer:
     """The run's analyzer with :func:`default_steps` and its method suite."""
-    suite = MethodSuite(cfg, test_data, device, recorder.out_dir / "cumulative")
+    suite = MethodSuite(cfg, test_data, device, recorder.out_dir / CUMULATIVE_DIR)
     store = ModelStore.for_run(
         cfg,
         recorder.out_dir,

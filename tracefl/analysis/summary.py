@@ -46,6 +46,7 @@ def method_summary(recorder: Recorder, faulty_mode: bool) -> dict[str, Any]:
                 np.zeros(len(inputs)),
                 np.array([r["round"] for r in inputs]),
                 np.array([r["true_label"] for r in inputs]),
+                bounds=(0.0, 1.0),
             )
             entry["per_input"] = {
                 "mean": cells.mean,
