@@ -18,8 +18,9 @@ server-side DP, at the standard deviation Flower logs; and the replies Krum,
 MultiKrum and Bulyan keep, which Flower's ``Result`` names (they aggregate the
 kept replies' train metrics only).
 
-The module takes 25 min on a shared 2-core machine (about 13 min of CPU); the
-7 configurations not marked ``e2e_full`` are the CI subset (see ``IN_CI``).
+Each run costs about 40 CPU-seconds, mostly process start-up (imports, Ray),
+so the 22 take 25 min on a shared 2-core machine (load ~7); the 7 not marked
+``e2e_full`` are the CI subset (see ``IN_CI``), about a third of that.
 """
 
 from __future__ import annotations
