@@ -149,3 +149,33 @@ def test_cumulative_store_reconstructs_the_final_model_with_dp(tmp_path: Path) -
     for key, value in theta.items():
         torch.testing.assert_close(value, final[key].double(), rtol=0, atol=1e-9)
     assert "noise" in store.pseudo_ids
+
+
+def test_krum_selection_is_visible_in_shares_and_answers(tmp_path: Path) -> None:
+    run_rounds(
+        tmp_path,
+        **{
+            "num-clients": 5,
+            "min-train-nodes": 5,
+            "min-available-nodes": 5,
+            "num-server-rounds": 1,
+            "fusion": "krum",
+            "num-malicious-nodes": 1,
+            "methods": "paper,update,loo",
+        },
+    )
+    clients = pd.read_csv(tmp_path / "clients.csv")
+    shares = clients.set_index("client")["fusion_share"]
+    assert sorted(shares.tolist()) == [0.0, 0.0, 0.0, 0.0, 1.0]
+    chosen = int(shares.idxmax())
+    inputs = pd.read_csv(tmp_path / "inputs.csv")
+    # Every method built on the shares answers with the client Krum kept.
+    for method in ("paper", "update", "loo"):
+        assert (inputs[f"traced_{method}"] == chosen).all(), method
+
+
+def test_fedavg_shares_are_the_data_shares(full_run) -> None:
+    clients = pd.read_csv(full_run.out_dir / "clients.csv")
+    for _, rows in clients.groupby("round"):
+        expected = rows["num_examples"] / rows["num_examples"].sum()
+        np.testing.assert_allclose(rows["fusion_share"], expected, atol=1e-6)

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import datasets
 import numpy as np
 import torch
-from flwr_datasets.partitioner import DirichletPartitioner
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -142,6 +141,10 @@ def partition_indices(
         ``num_partitions`` arrays of int64 indices into ``labels``; same
         arguments give the same indices.
     """
+    # Imported here: flwr_datasets' package start-up is slow (plotting helpers),
+    # and the server, which never partitions, should not pay for it.
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     table = datasets.Dataset.from_dict(
         {"label": np.asarray(labels, dtype=np.int64), "row": np.arange(len(labels))}
     )

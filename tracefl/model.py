@@ -13,7 +13,6 @@ import urllib.parse
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from tracefl.registry import DatasetSpec
@@ -75,6 +74,8 @@ def build_image_model(
     """
     if name == "cnn":
         return LeNet(spec.channels, spec.image_size, spec.num_classes)
+    import torchvision  # only the torchvision models need it (seconds to import)
+
     factory = {
         "resnet18": torchvision.models.resnet18,
         "resnet34": torchvision.models.resnet34,
@@ -141,6 +142,8 @@ class WeightsUnavailableError(RuntimeError):
 
 def pretrained_weights_path(name: str) -> Path:
     """Where torchvision caches the ImageNet weights of ``name``."""
+    import torchvision
+
     weights = getattr(torchvision.models, _TORCHVISION_WEIGHTS[name]).DEFAULT
     filename = Path(urllib.parse.urlparse(weights.url).path).name
     return Path(torch.hub.get_dir()) / "checkpoints" / filename

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tracefl.analysis.context import RoundContext
+from tracefl.attribution import FusedRound
 
 
 class RecordParticipation:
@@ -35,6 +36,7 @@ class RecordParticipation:
                 "clipping_norm": ctx.cfg.clipping_norm,
             }
         )
+        shares = fusion_shares(out.fused) if out.fused is not None else {}
         for rec in out.accepted:
             ctx.client_rows.append(
                 {
@@ -45,6 +47,7 @@ class RecordParticipation:
                     "reason": "",
                     "num_examples": rec.num_examples,
                     "train_loss": rec.train_loss,
+                    "fusion_share": shares.get(rec.client_id),
                     **{
                         f"label_{c}": int(n)
                         for c, n in enumerate(rec.label_counts.tolist())
@@ -73,6 +76,28 @@ class RecordParticipation:
             )
         if out.failure:
             ctx.stop("failed")
+
+
+def fusion_shares(fused: FusedRound) -> dict[str, float]:
+    """Each client's share ``A_k`` averaged over every coordinate of the model.
+
+    ``p_k`` for FedAvg; 1 for the client Krum selected and 0 for the others;
+    the fraction of coordinates a client supplies under the median. Over the
+    clients they add up to the aggregator's gain on the client models (1 for
+    averaging aggregators).
+    """
+    total = sum(t.numel() for t in fused.previous.values())
+    return {
+        cid: round(
+            sum(
+                float(share[k].double().expand(fused.previous[k].shape).sum())
+                for k in fused.previous
+            )
+            / total,
+            6,
+        )
+        for cid, share in zip(fused.client_ids, fused.shares, strict=True)
+    }
 
 
 def _mean_loss(ctx: RoundContext) -> float | None:

@@ -124,6 +124,7 @@ CLIENT_COLUMNS = (
     "reason",
     "num_examples",
     "train_loss",
+    "fusion_share",
 )
 
 
