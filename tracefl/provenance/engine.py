@@ -262,6 +262,13 @@ class NeuronProvenance:
         )
         self._numel = {k: self._params.sets[-1][k].numel() for k in keys}
         self._layer_owner = {s.name: t for t in self._traced.values() for s in t.layers}
+        self._layer_params = {
+            s.name: tuple(
+                dict.fromkeys(r for k in s.params for r in raw_keys(global_model, k))
+            )
+            for t in self._traced.values()
+            for s in t.layers
+        }
         n = torch.tensor(self.client_weights, dtype=torch.float64)
         self._data_share = n / n.sum()
         self._workspace = Workspace()
@@ -366,6 +373,7 @@ class NeuronProvenance:
             ran[name] = (
                 type(traced.module).__name__,
                 traced.tracer.name,
+                self._layer_params[name],
                 sum(self._numel[key] for key in spec.params),
                 signal,
             )
