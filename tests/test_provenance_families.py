@@ -289,3 +289,16 @@ def test_engine_leaves_clients_untouched():
     for c, s in zip(clients, states, strict=True):
         for k, v in c.state_dict().items():
             assert torch.equal(v, s[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "name", ["attention-bf", "shared", "decoder", "bags", "textcnn"]
+)
+def test_cuda_matches_cpu_for_every_family(name: str):
+    model, clients, inputs = family_setup(name)
+    cpu = NeuronProvenance(model, clients, WEIGHTS).attribute(inputs)
+    gpu = NeuronProvenance(model, clients, WEIGHTS, device="cuda").attribute(inputs)
+    assert gpu.scores.device.type == "cuda"
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, rtol=1e-9, atol=1e-12)
+    assert next(model.parameters()).device.type == "cpu"
