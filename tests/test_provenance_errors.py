@@ -258,7 +258,7 @@ class BatchSizeBranch(nn.Module):
         self.extra = nn.Linear(4, 4)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[0] > 1:
+        if x.shape[0] > 2:  # the probe pass has two inputs
             x = self.extra(x)
         return self.fc(x)
 
@@ -309,15 +309,15 @@ class Faulty(nn.Module):
 
 
 class WithFaulty(nn.Module):
-    def __init__(self, error: Exception | None, only_single: bool = False) -> None:
+    def __init__(self, error: Exception | None, fail_batch: int | None = None) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 3)
         self.block = nn.Sequential(nn.Identity(), Faulty(error))
-        self.only_single = only_single
+        self.fail_batch = fail_batch
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc(x)
-        if self.only_single and x.shape[0] > 1:
+        if self.fail_batch is not None and x.shape[0] != self.fail_batch:
             return h
         return self.block(h)
 
@@ -340,13 +340,33 @@ def test_exception_in_forward_names_the_module(error: Exception):
 
 
 def test_exception_in_the_probe_pass_is_wrapped():
-    model = WithFaulty(BoomError("single"), only_single=True)
+    model = WithFaulty(BoomError("three"), fail_batch=3)  # the probe of B=2 has 3
     engine = NeuronProvenance(model, [copy.deepcopy(model)], [1])
-    with pytest.raises(
-        ProvenanceInputError, match=r"Tensor\(1, 4\).*BoomError: single"
-    ):
+    with pytest.raises(ProvenanceInputError, match=r"Tensor\(3, 4\).*BoomError: three"):
         engine.attribute(torch.randn(2, 4))
     assert _pristine(model)
+
+
+class Squeezing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 5, 4)
+        return self.head(self.fc(x).squeeze())  # a batch of one would lose its dim
+
+
+def test_a_model_squeezing_its_batch_is_probed_with_two_inputs():
+    torch.manual_seed(0)
+    model = Squeezing().double()
+    clients = [copy.deepcopy(model)]
+    x = torch.randn(4, 5, 4, dtype=torch.float64)
+    result = NeuronProvenance(model, clients, [1]).attribute(x)
+    pairs = [
+        NeuronProvenance(model, clients, [1]).attribute(x[i : i + 2]) for i in (0, 2)
+    ]
+    torch.testing.assert_close(result.scores, torch.cat([r.scores for r in pairs]))
 
 
 @pytest.mark.parametrize("layers", ["all", "paper"])

@@ -1,8 +1,8 @@
 """Batch layouts of every recorded call, found once per input shape.
 
-A probe forward pass on one input (two when ``B == 1``) is compared with the
-recorded calls (:func:`~tracefl.provenance.layout.find_layout`); for an output
-shared by all inputs its consumers are matched in both autograd graphs
+A probe forward pass on the first two inputs (three when ``B == 2``) is
+compared with the recorded calls (:func:`~tracefl.provenance.layout.find_layout`);
+for an output shared by all inputs its consumers are matched in both graphs
 (:mod:`tracefl.provenance.shared`). The result is cached per engine, keyed by
 the inputs' per-input shapes, and holds no tensors or autograd nodes; a later
 call reuses it when its calls fit and re-probes otherwise.
@@ -81,14 +81,16 @@ def probe_layouts(
     logits: Tensor,
     tracers: Mapping[str, LayerTracer],
 ) -> tuple[LayoutPlan, Consumers]:
-    """Find every needed layout from a forward pass on one input (two if B=1).
+    """Find every needed layout from a probe pass on two inputs (three if B=2).
 
     ``tracers`` maps each call's module name to its tracer (which says which
     tensors need a layout); every differentiable output gets one as well.
     """
     batch = logits.shape[0]
-    probe_batch = 1 if batch > 1 else 2
-    probe_inputs = slice_inputs(inputs, 0, 1) if batch > 1 else repeat_inputs(inputs, 2)
+    probe_batch = 3 if batch == 2 else 2
+    if batch < probe_batch:
+        inputs = repeat_inputs(inputs, -(-probe_batch // batch))
+    probe_inputs = slice_inputs(inputs, 0, probe_batch)
     probe_out, probe_calls = forward(probe_inputs)
     names = tuple(c.name for c in calls)
     if tuple(c.name for c in probe_calls) != names:
