@@ -24,7 +24,15 @@ from torch import Tensor, nn
 
 from ..call import ModuleCall
 from ..validation import ProvenanceInputError
-from .base import Contraction, LayerSpec, LayerTracer, ParamView, Workspace, nbytes
+from .base import (
+    Contraction,
+    LayerSpec,
+    LayerTracer,
+    ParamView,
+    Workspace,
+    inner,
+    nbytes,
+)
 
 
 def _affine(
@@ -41,7 +49,7 @@ def _affine(
     def fn(params: Sequence[Tensor]) -> Tensor:
         out = None
         for term, p in zip(terms, params, strict=True):
-            part = term @ p.reshape(p.shape[0], -1).T
+            part = inner(term, p)
             out = part if out is None else out + part
         assert out is not None
         return out
@@ -132,9 +140,9 @@ def _batch_norm_affine(
     terms = [sums[key.rsplit(".", 1)[-1]] for key in spec.params]
 
     def fn(params: Sequence[Tensor]) -> Tensor:
-        out = terms[0] @ params[0].reshape(params[0].shape[0], -1).T
+        out = inner(terms[0], params[0])
         for term, p in zip(terms[1:], params[1:], strict=True):
-            out = out + term @ p.reshape(p.shape[0], -1).T
+            out = out + inner(term, p)
         return out
 
     views = tuple(ParamView(key) for key in spec.params)
