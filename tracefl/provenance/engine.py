@@ -503,12 +503,17 @@ class NeuronProvenance:
         contrib = torch.zeros(
             batch, len(positions), sets, dtype=torch.float64, device=self.device
         )
-        captured = 0
+        captured: dict[int, int] = {}  # storage -> bytes, each storage once
         largest = 0
         with torch.no_grad():
             for call in calls:
-                captured += sum(nbytes(t) for t in call.tensors().values())
-                captured += sum(nbytes(g) for g in call.grads if g is not None)
+                kept = [
+                    *call.tensors().values(),
+                    *(g for g in call.grads if g is not None),
+                ]
+                for t in kept:
+                    storage = t.untyped_storage()
+                    captured[storage.data_ptr()] = storage.nbytes()
                 if all(g is None for g in call.grads):
                     continue  # the layer does not influence y
                 call.check_unmodified()
@@ -528,7 +533,9 @@ class NeuronProvenance:
                         ]
                         t = contraction.fn(gathered)
                         contrib[:, column, first:last] += t.to(torch.float64)
-        peak = captured + largest + self._workspace.nbytes + nbytes(contrib)
+        peak = (
+            sum(captured.values()) + largest + self._workspace.nbytes + nbytes(contrib)
+        )
         return contrib, tuple(positions), peak
 
 
