@@ -179,7 +179,7 @@ def test_per_layer_sums_to_scores(setups):
 
 
 def test_deterministic(setups):
-    engine, inputs = _engine(setups, "densenet121")
+    engine, inputs = _engine(setups, "resnet18")
     r0, r1 = engine.attribute(inputs), engine.attribute(inputs)
     assert torch.equal(r0.scores, r1.scores)
     assert torch.equal(r0.probs, r1.probs)

@@ -139,9 +139,11 @@ def test_permuting_the_batch_permutes_the_rows(name: str):
     perm = list(range(1, batch)) + [0]
     engine = NeuronProvenance(model, clients, WEIGHTS)
     base = engine.attribute(inputs)
-    permuted = engine.attribute(_permute(inputs, perm))  # cached layouts
-    fresh = NeuronProvenance(model, clients, WEIGHTS).attribute(_permute(inputs, perm))
-    for result in (permuted, fresh):
+    results = [engine.attribute(_permute(inputs, perm))]  # cached layouts
+    if name not in ("resnet18", "densenet121"):  # plain batch-first CNNs: slow
+        fresh = NeuronProvenance(model, clients, WEIGHTS)
+        results.append(fresh.attribute(_permute(inputs, perm)))  # probed anew
+    for result in results:
         torch.testing.assert_close(
             result.scores, base.scores[perm], rtol=1e-9, atol=1e-12
         )
@@ -162,7 +164,7 @@ def test_client_chunks_equal_one_gather(name: str, client_chunk_size: int):
 
 
 def test_client_chunks_equal_oracle():
-    model, clients, inputs = model_setup("resnet18")
+    model, clients, inputs = model_setup("oddconv")
     result = NeuronProvenance(model, clients, WEIGHTS, client_chunk_size=2).attribute(
         inputs
     )

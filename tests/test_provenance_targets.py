@@ -163,7 +163,7 @@ def _parameters(model: nn.Module) -> dict[str, Tensor]:
 
 def test_updates_are_attributed_linearly():
     """``T(theta_k - theta_g) = T(theta_k) - T(theta_g)`` (no data share)."""
-    model, clients, inputs = model_setup("resnet18")
+    model, clients, inputs = model_setup("bert")
     glob = _parameters(model)
     updates = [{n: p - glob[n] for n, p in _parameters(c).items()} for c in clients]
     r_updates = NeuronProvenance(model, updates, WEIGHTS).attribute(inputs)
@@ -171,8 +171,15 @@ def test_updates_are_attributed_linearly():
     r_global = NeuronProvenance(model, [glob], [1.0]).attribute(inputs)
     expected = r_clients.scores - r_global.scores
     torch.testing.assert_close(r_updates.scores, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_updates_equal_oracle():
+    model, clients, inputs = model_setup("oddconv")
+    glob = _parameters(model)
+    updates = [{n: p - glob[n] for n, p in _parameters(c).items()} for c in clients]
+    result = NeuronProvenance(model, updates, WEIGHTS).attribute(inputs)
     oracle, _ = oracle_scores(model, updates, WEIGHTS, inputs, layers="all")
-    _assert_close(r_updates.scores, oracle)
+    _assert_close(result.scores, oracle)
 
 
 def test_share_weighted_and_residual_parameter_sets():
