@@ -3,6 +3,8 @@
 What a round pays, measured in one run on the same model and inputs:
 
 * ``forward``: one no-grad eval forward pass of the global model on the batch;
+* ``forward + backward``: with parameter gradients, an upper bound of the
+  engine's own backward pass (which stops at layer outputs);
 * ``copy``: one plain copy (``clone``) of every client tensor, fresh memory, the
   yardstick for set-up (target: set-up <= about two copies);
 * ``setup``: constructing a fresh ``NeuronProvenance`` (validation, references to
@@ -143,12 +145,20 @@ def bench(setting: Setting, repeats: int, device: torch.device, check: bool) -> 
         with torch.no_grad():
             model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def forward_backward() -> None:
+        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        logits = out if isinstance(out, Tensor) else out.logits
+        torch.autograd.grad(logits.max(1).values.sum(), params)
+
     forward()  # warm the model once (allocator, kernels), as the app has
-    names = ("forward", "copy", "setup", "first", "warm")
+    names = ("forward", "backward", "copy", "setup", "first", "warm")
     terms: dict[str, list[float]] = {n: [] for n in names}
     result = None
     for _ in range(repeats):
         terms["forward"].append(_timed(forward, device)[0])
+        terms["backward"].append(_timed(forward_backward, device)[0])
         terms["copy"].append(_copy_seconds(clients, setting.distinct, device))
         seconds, engine = _timed(
             lambda: NeuronProvenance(model, clients, weights, device=device), device
@@ -173,13 +183,16 @@ def bench(setting: Setting, repeats: int, device: torch.device, check: bool) -> 
         w / f for w, f in zip(terms["warm"], terms["forward"], strict=True)
     )
     peak = result.peak_memory_bytes
+    macs = len(result.scores) * setting.k * sum(p.numel() for p in params)
     verdict = "ok" if per_round <= setting.target else "MISSED"
     oracle = f", oracle match {_check(model, clients, inputs, result)}" if check else ""
     print(
         f"{setting.key} K={setting.k} B={len(result.scores)} "
         f"L={len(result.layer_names)}: (setup + first) / forward = {per_round:.1f}x "
         f"(target <= {setting.target:g}x: {verdict}), warm / forward = {warm:.1f}x\n"
-        f"    forward {med['forward'] * 1e3:.1f} ms, copy {med['copy'] * 1e3:.1f} ms, "
+        f"    forward {med['forward'] * 1e3:.1f} ms, forward + backward (with weight "
+        f"gradients) {med['backward'] * 1e3:.1f} ms, B*K*P = {macs / 1e9:.2f} G "
+        f"multiply-adds, copy {med['copy'] * 1e3:.1f} ms, "
         f"setup {med['setup'] * 1e3:.1f} ms ({med['setup'] / med['copy']:.2f} copies), "
         f"first {med['first'] * 1e3:.1f} ms, warm {med['warm'] * 1e3:.1f} ms\n"
         f"    peak {peak / 2**20:.1f} MiB ({peak / stacked:.3f} of the "
