@@ -54,6 +54,8 @@ SETTINGS = [
 )
 def test_engine_equals_oracle(setups, name: str, scale: bool, enable_beta: bool):
     model, clients, inputs = setups[name]
+    if name == "densenet121":  # the oracle is slow here: one input (B = 1)
+        inputs = inputs[:1]
     engine = NeuronProvenance(
         model,
         clients,
