@@ -251,10 +251,10 @@ class BagNet(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:  # (B, L) int64
         b, length = ids.shape
-        offsets = torch.arange(0, b * length, length)
-        weights = torch.linspace(0.5, 1.5, length, dtype=self.head.weight.dtype).repeat(
-            b
-        )
+        offsets = torch.arange(0, b * length, length, device=ids.device)
+        dtype = self.head.weight.dtype
+        weights = torch.linspace(0.5, 1.5, length, dtype=dtype, device=ids.device)
+        weights = weights.repeat(b)
         bags = self.bag_sum(ids.reshape(-1), offsets, per_sample_weights=weights)
         means = self.bag_mean(ids)
         return self.head(torch.tanh(self.bilinear(bags, means)))
@@ -285,7 +285,7 @@ class AttentionNet(nn.Module):
         h, w = self.self_attn(x, x, x, key_padding_mask=pad)  # w: (B, T, T)
         mem = torch.tanh(self.memory(h))
         t = h.shape[1] if self.batch_first else h.shape[0]
-        bias = torch.triu(torch.full((t, t), -1.0, dtype=h.dtype), diagonal=1)
+        bias = torch.full((t, t), -1.0, dtype=h.dtype, device=h.device).triu(1)
         h2, _ = self.cross(h, mem, mem, attn_mask=bias, need_weights=False)
         h3, _ = self.kv(h2, self.k_in(h2), self.v_in(h2), need_weights=False)
         h3 = h3 if self.batch_first else h3.transpose(0, 1)
@@ -338,7 +338,7 @@ class SharedTableNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 5, 3)
         bias = self.table_out(torch.tanh(self.table_proj(self.table)))  # (5, 6)
-        pos = self.pos(torch.arange(x.shape[1]))  # (5, 6), no batch dim
+        pos = self.pos(torch.arange(x.shape[1], device=x.device))  # (5, 6), no batch
         h = torch.tanh(self.inp(x) + bias) * (1 + pos)
         return self.head(h.mean(1))
 
@@ -353,7 +353,7 @@ class RecurrentCell(nn.Module):
         self.head = nn.Linear(5, 2)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, 3)
-        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
+        h = torch.zeros(x.shape[0], 5, dtype=x.dtype, device=x.device)
         for t in range(x.shape[1]):
             h = torch.tanh(self.w_in(x[:, t]) + self.w_h(h))
         return self.head(h)

@@ -30,25 +30,6 @@ class OtherCNN(SmallCNN):
     pass
 
 
-class NoTracedLayers(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(10, 4)
-        self.bn = nn.BatchNorm1d(4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.emb(x).mean(1))
-
-
-class SharedLayer(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(torch.relu(self.fc(x)))
-
-
 class ListOutput(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -168,23 +149,23 @@ def test_bad_weights(model, clients, weights, pattern: str):
 
 
 # --------------------------------------------------------------------- models
+class NoTracedLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 4)
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rnn(x)[0][-1] * self.scale
+
+
 def test_model_without_traced_layers():
     model = NoTracedLayers()
-    with pytest.raises(ProvenanceInputError, match="no traced layers"):
+    with pytest.raises(ProvenanceInputError, match="no traced layers in the 'all'"):
         NeuronProvenance(model, [copy.deepcopy(model)], [1])
-
-
-def test_layer_called_twice_is_rejected():
-    model = SharedLayer()
-    engine = NeuronProvenance(model, [copy.deepcopy(model)], [1])
-    with pytest.raises(ProvenanceInputError, match="'fc' is called more than once"):
-        engine.attribute(torch.randn(2, 4))
-
-
-def test_unsupported_padding_mode():
-    model = SmallCNN(padding_mode="reflect")
-    with pytest.raises(ProvenanceInputError, match="'conv'.*padding_mode='reflect'"):
-        NeuronProvenance(model, [copy.deepcopy(model)], [1])
+    paper = SmallCNN()
+    paper.conv = nn.Conv3d(3, 4, 1)
+    NeuronProvenance(paper, [copy.deepcopy(paper)], [1], layers="paper")  # has fc
 
 
 def test_output_without_logits():
@@ -194,10 +175,19 @@ def test_output_without_logits():
         engine.attribute(torch.randn(2, 4))
 
 
-@pytest.mark.parametrize("chunk_size", [0, -1, 1.5])
-def test_bad_chunk_size(model, clients, chunk_size):
-    with pytest.raises(ProvenanceInputError, match="chunk_size"):
-        NeuronProvenance(model, clients, [1, 2, 3], chunk_size=chunk_size)
+@pytest.mark.parametrize("chunk_size", [0, -1, 1.5, True])
+@pytest.mark.parametrize("name", ["chunk_size", "client_chunk_size"])
+def test_bad_chunk_size(model, clients, name: str, chunk_size):
+    with pytest.raises(ProvenanceInputError, match=f"^{name} must be"):
+        NeuronProvenance(model, clients, [1, 2, 3], **{name: chunk_size})
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, "high", None])
+def test_bad_warning_threshold(model, clients, threshold):
+    with pytest.raises(ProvenanceInputError, match="untraced_warning_threshold"):
+        NeuronProvenance(
+            model, clients, [1, 2, 3], untraced_warning_threshold=threshold
+        )
 
 
 # --------------------------------------------------------------------- inputs
@@ -233,3 +223,179 @@ def test_no_flower_import():
     )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+# ----------------------------------------------------------- batch layouts
+def _pristine(model: nn.Module) -> bool:
+    return all(
+        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+class MixesInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, :3] + self.fc(x.mean(0))  # one input's output depends on others
+
+
+class Pairwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x[:, None] + x[None]).mean(1)  # (B, B, 4) input
+
+
+class BatchSizeBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.extra = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] > 2:  # the probe pass has two inputs
+            x = self.extra(x)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(
+    ("cls", "pattern"),
+    [
+        (MixesInputs, r"argument 0 of layer 'fc'.* its values do \(it mixes inputs"),
+        (Pairwise, r"argument 0 of layer 'fc': dimensions \[0, 1\] all change"),
+        (BatchSizeBranch, "control flow must not depend on the batch size"),
+    ],
+)
+def test_undeterminable_layout_names_the_layer(cls, pattern: str):
+    torch.manual_seed(0)
+    model = cls()
+    engine = NeuronProvenance(model, [copy.deepcopy(model)], [1])
+    with pytest.raises(ProvenanceInputError, match=pattern):
+        engine.attribute(torch.randn(3, 4))
+    assert _pristine(model)
+
+
+def test_identical_inputs_leave_a_flattened_order_undetermined():
+    from tests.provenance_models import FlattenedNet
+
+    torch.manual_seed(0)
+    model = FlattenedNet()
+    engine = NeuronProvenance(model, [copy.deepcopy(model)], [1])
+    same = torch.randn(1, 1, 4).expand(3, 4, 4).contiguous()  # every row equal
+    with pytest.raises(ProvenanceInputError, match="layer 'major'.*both of the input"):
+        engine.attribute(same)
+    engine.attribute(torch.randn(1, 4, 4).expand(3, 4, 4))  # equal inputs are fine
+
+
+# ------------------------------------------------ exceptions in the forward
+class BoomError(Exception):
+    pass
+
+
+class Faulty(nn.Module):
+    def __init__(self, error: Exception | None) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.error is not None:
+            raise self.error
+        return x
+
+
+class WithFaulty(nn.Module):
+    def __init__(self, error: Exception | None, fail_batch: int | None = None) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.block = nn.Sequential(nn.Identity(), Faulty(error))
+        self.fail_batch = fail_batch
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        if self.fail_batch is not None and x.shape[0] != self.fail_batch:
+            return h
+        return self.block(h)
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError("k"), AssertionError("bad"), ZeroDivisionError(), BoomError("x")]
+)
+def test_exception_in_forward_names_the_module(error: Exception):
+    model = WithFaulty(error).train()
+    model.fc.bias.requires_grad_(False)
+    engine = NeuronProvenance(model, [copy.deepcopy(model)], [1])
+    kind = type(error).__name__
+    with pytest.raises(
+        ProvenanceInputError, match=rf"in module 'block\.1' \(Faulty\): {kind}"
+    ) as info:
+        engine.attribute(torch.randn(2, 4))
+    assert info.value.__cause__ is error
+    assert _pristine(model)
+    assert model.training and not model.fc.bias.requires_grad
+
+
+def test_exception_in_the_probe_pass_is_wrapped():
+    model = WithFaulty(BoomError("three"), fail_batch=3)  # the probe of B=2 has 3
+    engine = NeuronProvenance(model, [copy.deepcopy(model)], [1])
+    with pytest.raises(ProvenanceInputError, match=r"Tensor\(3, 4\).*BoomError: three"):
+        engine.attribute(torch.randn(2, 4))
+    assert _pristine(model)
+
+
+class Squeezing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 5, 4)
+        return self.head(self.fc(x).squeeze())  # a batch of one would lose its dim
+
+
+def test_a_model_squeezing_its_batch_is_probed_with_two_inputs():
+    torch.manual_seed(0)
+    model = Squeezing().double()
+    clients = [copy.deepcopy(model)]
+    x = torch.randn(4, 5, 4, dtype=torch.float64)
+    result = NeuronProvenance(model, clients, [1]).attribute(x)
+    pairs = [
+        NeuronProvenance(model, clients, [1]).attribute(x[i : i + 2]) for i in (0, 2)
+    ]
+    torch.testing.assert_close(result.scores, torch.cat([r.scores for r in pairs]))
+
+
+@pytest.mark.parametrize("layers", ["all", "paper"])
+def test_batchnorm_without_running_statistics_is_refused(layers: str):
+    model = SmallCNN()
+    model.bn = nn.BatchNorm2d(4, track_running_stats=False)
+    with pytest.raises(ProvenanceInputError, match="BatchNorm2d 'bn' has no running"):
+        NeuronProvenance(model, [copy.deepcopy(model)], [1], layers=layers)
+
+
+def _weight_normed() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)))
+
+
+def test_missing_raw_tensor_of_a_parametrised_weight():
+    model = _weight_normed()
+    state = dict(model.state_dict())
+    del state["0.parametrizations.weight.original1"]
+    pattern = r"client '0' is missing parameter '0\.parametrizations\.weight\.orig"
+    with pytest.raises(ProvenanceInputError, match=pattern):
+        NeuronProvenance(model, [state], [1])
+
+
+def test_non_finite_effective_weight_names_client_and_parameter():
+    model = _weight_normed()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["0.parametrizations.weight.original1"][0] = 0.0  # norm 0: NaN weight row
+    with pytest.raises(
+        ProvenanceInputError, match=r"client 'a' \(effective weight\).*'0\.weight'"
+    ):
+        NeuronProvenance(model, [state], [1], ["a"])

@@ -30,6 +30,11 @@ from .layers.base import ParamView, Workspace, weight_norm_hook
 from .validation import check_finite_state
 
 
+def _on(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``t`` itself when already on ``device`` in ``dtype`` (no copy), else a copy."""
+    return t if t.device == device and t.dtype == dtype else t.to(device, dtype)
+
+
 def split_key(key: str) -> tuple[str, str]:
     """``"a.b.weight"`` -> ``("a.b", "weight")``."""
     module, _, attr = key.rpartition(".")
@@ -102,27 +107,21 @@ class ClientParams:
     ) -> None:
         global_state = {k: v.detach() for k, v in model.state_dict().items()}
         named = dict(model.named_parameters(remove_duplicate=False))
+        computed = [k for k in keys if raw_keys(model, k) != (k,)]
+        plain = [k for k in keys if raw_keys(model, k) == (k,)]
         self.sets: list[dict[str, Tensor]] = []
-        computed = {k for k in keys if raw_keys(model, k) != (k,)}
-        for state, cid in [*zip(states, client_ids, strict=True), (None, "")]:
-            entries = {}
-            for key in keys:
-                if state is None:
-                    value = (
-                        named[key]
-                        if key in named
-                        else effective(model, key, global_state)
-                    )
-                    value = value.detach()
-                else:
-                    value = effective(model, key, state)
-                entries[key] = value.to(device, dtype)
-            if state is not None and computed:
-                check_finite_state(
-                    {k: entries[k] for k in computed},
-                    f"client {cid!r} (effective weight)",
-                )
+        for state, cid in zip(states, client_ids, strict=True):
+            entries = {k: _on(state[k], device, dtype) for k in plain}
+            for key in computed:
+                entries[key] = _on(effective(model, key, state), device, dtype)
+            check_finite_state(
+                {k: entries[k] for k in computed}, f"client {cid!r} (effective weight)"
+            )
             self.sets.append(entries)
+        entries = {k: _on(named[k].detach(), device, dtype) for k in plain}
+        for key in computed:
+            entries[key] = _on(effective(model, key, global_state), device, dtype)
+        self.sets.append(entries)
 
     @property
     def num_sets(self) -> int:

@@ -118,7 +118,7 @@ def _reason(
 
 def coverage_report(
     infos: Sequence[ParamInfo],
-    ran: Mapping[str, tuple[str, str, int, float]],
+    ran: Mapping[str, tuple[str, str, tuple[str, ...], int, float]],
     untraced_signal: Mapping[str, float],
     layer_set: str,
     threshold: float,
@@ -131,7 +131,8 @@ def coverage_report(
         From :func:`plan_coverage`.
     ran
         Per traced layer that ran (forward order): module type, tracer name,
-        number of parameters and signed signal ``sum_b t_{l, global}[b]``.
+        parameter names, number of parameter elements and signed signal
+        ``sum_b t_{l, global}[b]``.
     untraced_signal
         Signed ``<theta, dY/d theta>`` per untraced parameter name.
     layer_set, threshold
@@ -139,7 +140,7 @@ def coverage_report(
 
     """
     untraced = [i for i in infos if not any(layer in ran for layer in i.layers)]
-    signals = [abs(v[3]) for v in ran.values()]
+    signals = [abs(v[4]) for v in ran.values()]
     signals += [abs(untraced_signal.get(i.name, 0.0)) for i in untraced]
     total = sum(signals)
 
@@ -147,8 +148,8 @@ def coverage_report(
         return abs(value) / total if total > 0 else 0.0
 
     traced_layers = tuple(
-        TracedLayer(name, kind, tracer, n, share(signal))
-        for name, (kind, tracer, n, signal) in ran.items()
+        TracedLayer(name, kind, tracer, params, n, share(signal))
+        for name, (kind, tracer, params, n, signal) in ran.items()
     )
     rows = tuple(
         UntracedParameter(

@@ -50,25 +50,18 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import GradientEdge
 
 from .call import ModuleCall
 from .clients import ClientParams, raw_keys
 from .coverage import coverage_report, plan_coverage
 from .layers import LAYER_SETS, TRACERS, LayerSpec, LayerTracer, Workspace, find_tracer
 from .layers.base import UntraceableError, nbytes
-from .layout import BatchLayout, find_layout
 from .objective import check_objective, objective_values
+from .planning import Consumers, LayoutPlan, probe_layouts
+from .recording import inputs_to, logits_of, record_calls, signature, slice_inputs
 from .result import ProvenanceResult
-from .shared import (
-    Consumer,
-    ConsumerPlan,
-    batched_edges,
-    match_consumers,
-    per_input_grads,
-    plan_of,
-    rematch,
-)
+from .shared import batched_edges, per_input_grads
 from .validation import (
     Inputs,
     ProvenanceInputError,
@@ -78,8 +71,6 @@ from .validation import (
     check_input_dtype,
     check_target,
     client_state,
-    culprit,
-    describe_inputs,
     resolve_targets,
     validate_client_ids,
     validate_client_weights,
@@ -93,16 +84,6 @@ class _Traced:
     module: nn.Module
     tracer: LayerTracer
     layers: tuple[LayerSpec, ...]
-
-
-@dataclass
-class _Plan:
-    """Batch layouts of one input shape, cached per engine (no tensors held)."""
-
-    names: tuple[str, ...]
-    layouts: list[dict[str, BatchLayout]]
-    shapes: list[dict[str, tuple[int, ...]]]
-    consumers: dict[tuple[int, int], tuple[ConsumerPlan, ...]]
 
 
 @dataclass
@@ -262,10 +243,17 @@ class NeuronProvenance:
         )
         self._numel = {k: self._params.sets[-1][k].numel() for k in keys}
         self._layer_owner = {s.name: t for t in self._traced.values() for s in t.layers}
+        self._layer_params = {
+            s.name: tuple(
+                dict.fromkeys(r for k in s.params for r in raw_keys(global_model, k))
+            )
+            for t in self._traced.values()
+            for s in t.layers
+        }
         n = torch.tensor(self.client_weights, dtype=torch.float64)
         self._data_share = n / n.sum()
         self._workspace = Workspace()
-        self._plans: dict[tuple, _Plan] = {}
+        self._plans: dict[tuple, LayoutPlan] = {}
 
     # ------------------------------------------------------------------ public
     def attribute(
@@ -315,7 +303,7 @@ class NeuronProvenance:
         batch = batch_size_of(inputs)
         checked_target = check_target(target, batch)
         check_input_dtype(inputs, self.model, self.dtype)
-        inputs = _to_device(inputs, self.device)
+        inputs = inputs_to(inputs, self.device)
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -366,6 +354,7 @@ class NeuronProvenance:
             ran[name] = (
                 type(traced.module).__name__,
                 traced.tracer.name,
+                self._layer_params[name],
                 sum(self._numel[key] for key in spec.params),
                 signal,
             )
@@ -400,7 +389,7 @@ class NeuronProvenance:
     ) -> list[_Chunk]:
         chunks: list[_Chunk] = []
         for start in range(0, batch, self.chunk_size):
-            chunk = _slice(inputs, start, start + self.chunk_size)
+            chunk = slice_inputs(inputs, start, start + self.chunk_size)
             result = self._attribute_chunk(chunk, target, start)
             if chunks and result.names != chunks[0].names:
                 raise ProvenanceInputError(
@@ -411,59 +400,33 @@ class NeuronProvenance:
         return chunks
 
     def _forward(self, inputs: Inputs) -> tuple[object, list[ModuleCall]]:
-        """Run the model with every traced module recorded (hooks always removed)."""
-        calls: list[ModuleCall] = []
+        modules = {name: t.module for name, t in self._traced.items()}
+        return record_calls(self.model, inputs, modules)
 
-        def make_hook(name: str):
-            def hook(module, args, kwargs, output):
-                outs = _tensor_outputs(output)
-                edges = tuple(
-                    get_gradient_edge(o) if o.requires_grad else None for o in outs
-                )
-                call = ModuleCall(
-                    name, module, tuple(args), dict(kwargs), outs, edges, {}
-                )
-                call.versions = {
-                    key: t._version
-                    for key, t in call.tensors().items()
-                    if not key.startswith("out")
-                }
-                calls.append(call)
-
-            return hook
-
-        handles = []
-        try:
-            for name, traced in self._traced.items():
-                handles.append(
-                    traced.module.register_forward_hook(
-                        make_hook(name), with_kwargs=True
-                    )
-                )
-            with torch.enable_grad():
-                try:
-                    out = (
-                        self.model(**inputs)
-                        if isinstance(inputs, Mapping)
-                        else self.model(inputs)
-                    )
-                except ProvenanceInputError:
-                    raise
-                except Exception as err:
-                    raise ProvenanceInputError(
-                        f"global model failed on inputs ({describe_inputs(inputs)})"
-                        f"{culprit(err, self.model)}: {type(err).__name__}: {err}"
-                    ) from err
-        finally:
-            for h in handles:
-                h.remove()
-        return out, calls
+    def _layouts(
+        self, inputs: Inputs, calls: list[ModuleCall], logits: Tensor
+    ) -> Consumers:
+        """Set every call's layouts; return the consumers of shared outputs."""
+        key = signature(inputs)
+        plan = self._plans.get(key)
+        consumers = None
+        if plan is not None and plan.fits(calls, logits.shape[0]):
+            consumers = plan.consumers_in(calls, logits.grad_fn)
+        if plan is None or consumers is None:
+            tracers = {name: t.tracer for name, t in self._traced.items()}
+            plan, consumers = probe_layouts(
+                self._forward, inputs, calls, logits, tracers
+            )
+            self._plans[key] = plan
+        for call, layouts in zip(calls, plan.layouts, strict=True):
+            call.layouts = layouts
+        return consumers
 
     def _attribute_chunk(
         self, inputs: Inputs, target: Tensor | int | None, start: int
     ) -> _Chunk:
         out, calls = self._forward(inputs)
-        logits = _logits(out)
+        logits = logits_of(out)
         if not calls:
             raise ProvenanceInputError(
                 "no traced layer ran in the forward pass (layer set "
@@ -477,7 +440,7 @@ class NeuronProvenance:
                 "the model's logits do not depend on its parameters"
             )
         batch = pred.shape[0]
-        consumers = self._layouts(inputs, calls, logits, batch)
+        consumers = self._layouts(inputs, calls, logits)
         del out
 
         ran = {s.name for call in calls for s in self._traced[call.name].layers}
@@ -540,12 +503,17 @@ class NeuronProvenance:
         contrib = torch.zeros(
             batch, len(positions), sets, dtype=torch.float64, device=self.device
         )
-        captured = 0
+        captured: dict[int, int] = {}  # storage -> bytes, each storage once
         largest = 0
         with torch.no_grad():
             for call in calls:
-                captured += sum(nbytes(t) for t in call.tensors().values())
-                captured += sum(nbytes(g) for g in call.grads if g is not None)
+                kept = [
+                    *call.tensors().values(),
+                    *(g for g in call.grads if g is not None),
+                ]
+                for t in kept:
+                    storage = t.untyped_storage()
+                    captured[storage.data_ptr()] = storage.nbytes()
                 if all(g is None for g in call.grads):
                     continue  # the layer does not influence y
                 call.check_unmodified()
@@ -565,93 +533,10 @@ class NeuronProvenance:
                         ]
                         t = contraction.fn(gathered)
                         contrib[:, column, first:last] += t.to(torch.float64)
-        peak = captured + largest + self._workspace.nbytes + nbytes(contrib)
-        return contrib, tuple(positions), peak
-
-    def _layouts(
-        self, inputs: Inputs, calls: list[ModuleCall], logits: Tensor, batch: int
-    ) -> dict[tuple[int, int], list[Consumer]]:
-        """Set every call's layouts; return the consumers of shared outputs."""
-        key = _signature(inputs)
-        plan = self._plans.get(key)
-        consumers = None
-        if plan is not None and _fits(plan, calls, batch):
-            consumers = {}
-            for (ci, oj), known in plan.consumers.items():
-                what = f"output of layer '{calls[ci].name}'"
-                found = rematch([logits.grad_fn], calls[ci].edges[oj], known, what)
-                if found is None:
-                    consumers = None
-                    break
-                consumers[(ci, oj)] = found
-        if consumers is None:
-            plan, consumers = self._probe(inputs, calls, logits, batch)
-            self._plans[key] = plan
-        for call, layouts in zip(calls, plan.layouts, strict=True):
-            call.layouts = layouts
-        return consumers
-
-    def _probe(
-        self, inputs: Inputs, calls: list[ModuleCall], logits: Tensor, batch: int
-    ) -> tuple[_Plan, dict[tuple[int, int], list[Consumer]]]:
-        """Find layouts by comparing with a forward pass on one input (two if B=1)."""
-        probe_batch = 1 if batch > 1 else 2
-        probe_inputs = _slice(inputs, 0, 1) if batch > 1 else _repeat(inputs, 2)
-        probe_out, probe_calls = self._forward(probe_inputs)
-        names = tuple(c.name for c in calls)
-        if tuple(c.name for c in probe_calls) != names:
-            raise ProvenanceInputError(
-                "the traced layers run differ between a batch of "
-                f"{batch} and of {probe_batch} inputs; the model's control flow "
-                "must not depend on the batch size"
-            )
-        probe_root = _logits(probe_out).grad_fn
-        layouts: list[dict[str, BatchLayout]] = []
-        shapes: list[dict[str, tuple[int, ...]]] = []
-        consumers: dict[tuple[int, int], list[Consumer]] = {}
-        for ci, (call, probe_call) in enumerate(zip(calls, probe_calls, strict=True)):
-            tracer = self._traced[call.name].tracer
-            wanted = set(tracer.layout_keys(call)) | {
-                f"out{i}" for i, e in enumerate(call.edges) if e is not None
-            }
-            main_t, probe_t = call.tensors(), probe_call.tensors()
-            found = {}
-            for key in sorted(wanted):
-                if key not in main_t or key not in probe_t:
-                    raise ProvenanceInputError(
-                        f"layer '{call.name}' was called with different arguments for "
-                        f"{batch} and {probe_batch} inputs ({key!r})"
-                    )
-                what = f"{_describe(key)} of layer '{call.name}'"
-                found[key] = find_layout(
-                    main_t[key], probe_t[key], batch, probe_batch, what
-                )
-            for oj, edge in enumerate(call.edges):
-                probe_edge = (
-                    probe_call.edges[oj] if oj < len(probe_call.edges) else None
-                )
-                if edge is None or found[f"out{oj}"].kind != "shared":
-                    continue
-                if probe_edge is None or probe_root is None:
-                    raise ProvenanceInputError(
-                        f"output of layer '{call.name}' is not differentiable in the "
-                        "probe pass"
-                    )
-                consumers[(ci, oj)] = match_consumers(
-                    [logits.grad_fn],
-                    [probe_root],
-                    edge,
-                    probe_edge,
-                    batch,
-                    probe_batch,
-                    f"output of layer '{call.name}' (shared by all inputs)",
-                )
-            layouts.append(found)
-            shapes.append({k: tuple(main_t[k].shape) for k in found})
-        plan = _Plan(
-            names, layouts, shapes, {k: plan_of(v) for k, v in consumers.items()}
+        peak = (
+            sum(captured.values()) + largest + self._workspace.nbytes + nbytes(contrib)
         )
-        return plan, consumers
+        return contrib, tuple(positions), peak
 
 
 def _traced_modules(
@@ -721,87 +606,5 @@ def _positive_int(value: object, name: str) -> int:
     return value
 
 
-def _fits(plan: _Plan, calls: list[ModuleCall], batch: int) -> bool:
-    """Whether a cached plan describes these calls (same layers, shapes fit)."""
-    if tuple(c.name for c in calls) != plan.names:
-        return False
-    for call, layouts, shapes in zip(calls, plan.layouts, plan.shapes, strict=True):
-        tensors = call.tensors()
-        for key, layout in layouts.items():
-            t = tensors.get(key)
-            if t is None:
-                return False
-            if layout.kind == "shared":
-                if tuple(t.shape) != shapes[key]:
-                    return False
-            elif (
-                t.dim() <= layout.dim
-                or t.shape[layout.dim] % batch
-                or layout.kind == "dim"
-                and t.shape[layout.dim] != batch
-            ):
-                return False
-    return True
-
-
-def _describe(key: str) -> str:
-    if key.startswith("arg"):
-        return f"argument {key[3:]}"
-    if key.startswith("kw:"):
-        return f"argument {key[3:]!r}"
-    return f"output {key[3:]}"
-
-
-def _tensor_outputs(output: object) -> tuple[Tensor, ...]:
-    if isinstance(output, Tensor):
-        return (output,)
-    if isinstance(output, (tuple, list)):
-        return tuple(o for o in output if isinstance(o, Tensor))
-    return ()
-
-
 def _detach(value: object) -> object:
     return value.detach() if isinstance(value, Tensor) else value
-
-
-def _logits(out: object) -> Tensor:
-    """Extract ``(B, C)`` logits from a tensor, ``.logits`` object or mapping."""
-    if isinstance(out, Tensor):
-        logits = out
-    elif isinstance(getattr(out, "logits", None), Tensor):
-        logits = out.logits  # type: ignore[attr-defined]
-    elif isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
-        logits = out["logits"]
-    else:
-        raise ProvenanceInputError(
-            f"model output of type {type(out).__name__} has no logits tensor"
-        )
-    if logits.dim() != 2:
-        raise ProvenanceInputError(
-            f"model logits must have shape (B, C), got {tuple(logits.shape)}"
-        )
-    return logits
-
-
-def _signature(inputs: Inputs) -> tuple:
-    if isinstance(inputs, Tensor):
-        return (tuple(inputs.shape[1:]), inputs.dtype)
-    return tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in inputs.items())
-
-
-def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
-    if isinstance(inputs, Tensor):
-        return inputs[start:stop]
-    return {k: v[start:stop] for k, v in inputs.items()}
-
-
-def _repeat(inputs: Inputs, times: int) -> Inputs:
-    if isinstance(inputs, Tensor):
-        return torch.cat([inputs] * times)
-    return {k: torch.cat([v] * times) for k, v in inputs.items()}
-
-
-def _to_device(inputs: Inputs, device: torch.device) -> Inputs:
-    if isinstance(inputs, Tensor):
-        return inputs.to(device)
-    return {k: v.to(device) for k, v in inputs.items()}

@@ -8,11 +8,13 @@ layers ``(T, B, D)``, attention flattens ``(T * B, D)``, user code may flatten
 ``(B * T, D)``.
 
 The layout is found by comparing each tensor with the same tensor in a *probe*
-forward pass on one input (two when ``B == 1``): the dimension whose size scales
-with the batch size is the batch dimension; if it grows by ``m > 1`` per input,
-the batch is flattened into it, and the values of the probe tell whether its
-rows are ordered input-major (``b * m + t``) or input-minor (``t * B + b``); a
-tensor whose shape does not change is shared. Comparing two batch sizes is
+forward pass on the first two inputs (three when ``B == 2``; inputs repeated
+when ``B`` is smaller): the dimension whose size scales with the batch size is
+the batch dimension; if it grows by ``m > 1`` per input, the batch is flattened
+into it, and the values of the inputs both passes share tell whether its rows
+are ordered input-major (``b * m + t``) or input-minor (``t * B + b``); a tensor
+whose shape does not change is shared. (Two inputs, not one, so that a model
+that squeezes a batch of one does not change rank.) Comparing two batch sizes is
 immune to coincidences such as a sequence length equal to the batch size.
 Anything else raises :class:`ProvenanceInputError` naming the layer.
 """
@@ -88,7 +90,7 @@ def find_layout(
         The tensor in the forward pass on the ``B`` inputs.
     probe
         The same tensor in the probe pass on ``probe_batch != B`` inputs, the
-        first of which is the first of ``main``'s inputs.
+        first ``min(B, probe_batch)`` of which are the first of ``main``'s.
     batch, probe_batch
         The two batch sizes.
     what
@@ -128,12 +130,22 @@ def find_layout(
         )
     if per_input == 1:
         return BatchLayout("dim", d)
-    if batch == 1 or probe_batch != 1:
-        # One input in the main pass: both orders are the same.
+    if batch == 1:  # one input in the main pass: both orders are the same
         return BatchLayout("flat", d, True)
-    major = _same_values(main.narrow(d, 0, per_input), probe)
-    rows = torch.arange(0, size, batch, device=main.device)
-    minor = _same_values(main.index_select(d, rows), probe)
+    # The first min(B, B') inputs are the same in both passes: compare their rows
+    # under each order.
+    major = minor = True
+    for b in range(min(batch, probe_batch)):
+        major = major and _same_values(
+            main.narrow(d, b * per_input, per_input),
+            probe.narrow(d, b * per_input, per_input),
+        )
+        minor = minor and _same_values(
+            main.index_select(d, torch.arange(b, size, batch, device=main.device)),
+            probe.index_select(
+                d, torch.arange(b, probe_size, probe_batch, device=probe.device)
+            ),
+        )
     if major == minor:
         found = "both" if major else "neither"
         raise ProvenanceInputError(

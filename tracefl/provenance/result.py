@@ -19,8 +19,11 @@ class TracedLayer:
         Class name of the module holding it (``"Conv2d"``, ``"MultiheadAttention"``).
     tracer
         Family that traced it (``"Conv"``, ``"Linear"``, ``"Bilinear"``, ...).
+    parameters
+        Names of the global model's parameters it covers (raw tensors of a
+        parametrised weight; the whole fused tensor for a row block of it).
     num_params
-        Number of its parameter elements.
+        Number of its (effective) parameter elements.
     share
         Its share of the signal, see :class:`CoverageReport`.
 
@@ -29,6 +32,7 @@ class TracedLayer:
     name: str
     module_type: str
     tracer: str
+    parameters: tuple[str, ...]
     num_params: int
     share: float
 

@@ -39,6 +39,7 @@ from .base import (
     LayerTracer,
     ParamView,
     Workspace,
+    inner,
     nbytes,
 )
 from .linear import affine_contraction
@@ -253,7 +254,7 @@ def _grouped(
 
     def from_grad(params: Sequence[Tensor]) -> Tensor:
         w = params[0]
-        return add_bias(torch.mm(flat, w.reshape(w.shape[0], -1).T), params)
+        return add_bias(inner(flat, w), params)
 
     temp = nbytes(u) + nbytes(grad)
     return Contraction(0, (ParamView(weight_key, index), *views_tail), from_grad, temp)

@@ -32,6 +32,7 @@ from .base import (
     ParamView,
     UntraceableError,
     Workspace,
+    inner,
     nbytes,
     qualify,
 )
@@ -144,7 +145,7 @@ class GenericTracer(LayerTracer):
         def fn(gathered: Sequence[Tensor]) -> Tensor:
             out = None
             for g, w in zip(flat, gathered, strict=True):
-                part = g @ w.reshape(w.shape[0], -1).T
+                part = inner(g, w)
                 out = part if out is None else out + part
             assert out is not None
             return out

@@ -20,6 +20,7 @@ from .base import (
     LayerTracer,
     ParamView,
     Workspace,
+    inner,
     nbytes,
 )
 
@@ -107,7 +108,7 @@ def affine_contraction(
 
     def from_grad(params: Sequence[Tensor]) -> Tensor:
         w = params[0]
-        return add_bias(torch.mm(flat, w.reshape(w.shape[0], p).T), params)
+        return add_bias(inner(flat, w), params)
 
     return Contraction(layer, views, from_grad, nbytes(g))
 
@@ -178,7 +179,7 @@ class BilinearTracer(LayerTracer):
 
         def fn(params: Sequence[Tensor]) -> Tensor:
             w = params[0]
-            out = grad @ w.reshape(w.shape[0], -1).T
+            out = inner(grad, w)
             if c_sum is not None:
                 out = out + c_sum @ params[1].T
             return out

@@ -18,12 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from ..call import ModuleCall
 from ..validation import ProvenanceInputError
-from .base import Contraction, LayerSpec, LayerTracer, ParamView, Workspace, nbytes
+from .base import (
+    Contraction,
+    LayerSpec,
+    LayerTracer,
+    ParamView,
+    Workspace,
+    inner,
+    nbytes,
+)
 
 
 def _affine(
@@ -40,7 +49,7 @@ def _affine(
     def fn(params: Sequence[Tensor]) -> Tensor:
         out = None
         for term, p in zip(terms, params, strict=True):
-            part = term @ p.reshape(p.shape[0], -1).T
+            part = inner(term, p)
             out = part if out is None else out + part
         assert out is not None
         return out
@@ -106,6 +115,40 @@ _CHANNEL_NORMS = (
 )
 
 
+def _running_statistics(module: nn.Module) -> bool:
+    """Whether the module normalises with its running statistics in eval mode."""
+    return (
+        isinstance(module, nn.modules.batchnorm._NormBase)
+        and module.track_running_stats
+        and module.running_mean is not None
+    )
+
+
+def _batch_norm_affine(
+    module: nn.Module, spec: LayerSpec, z: Tensor, c: Tensor
+) -> Contraction:
+    """:func:`_affine` for fixed statistics, without materialising ``n(z)``.
+
+    ``sum c * n = inv_std * (sum c * z - mean * sum c)`` per channel: one pass
+    over ``z`` and ``c`` instead of a normalised copy of the input.
+    """
+    b = z.shape[0]
+    inv_std = torch.rsqrt(module.running_var + module.eps)
+    c_sum = c.sum((1, *range(3, c.dim())))  # (B, C)
+    cz = torch.einsum("bnc...,bnc...->bc", c, z)
+    sums = {"weight": inv_std * (cz - module.running_mean * c_sum), "bias": c_sum}
+    terms = [sums[key.rsplit(".", 1)[-1]] for key in spec.params]
+
+    def fn(params: Sequence[Tensor]) -> Tensor:
+        out = inner(terms[0], params[0])
+        for term, p in zip(terms[1:], params[1:], strict=True):
+            out = out + inner(term, p)
+        return out
+
+    views = tuple(ParamView(key) for key in spec.params)
+    return Contraction(0, views, fn, nbytes(c_sum) * 2 + b)
+
+
 class ChannelNormTracer(LayerTracer):
     """Tracer for per-channel affine norms on ``(N, C, *spatial)`` inputs.
 
@@ -147,6 +190,9 @@ class ChannelNormTracer(LayerTracer):
             batched = module._get_no_batch_dim() + 1
         z = call.images("arg0", batched)  # (B, N, C, *spatial)
         c = call.images("out0", batched)
+        if _running_statistics(module):
+            yield _batch_norm_affine(module, layers[0], z, c)
+            return
         b, m = z.shape[:2]
         flat = z.reshape(b * m, *z.shape[2:])
         n = self._normalize(module, flat).reshape(z.shape)
