@@ -179,3 +179,13 @@ def test_fedavg_shares_are_the_data_shares(full_run) -> None:
     for _, rows in clients.groupby("round"):
         expected = rows["num_examples"] / rows["num_examples"].sum()
         np.testing.assert_allclose(rows["fusion_share"], expected, atol=1e-6)
+
+
+def test_rounds_record_the_traced_layer_set_and_untraced_share(full_run) -> None:
+    rounds = pd.read_csv(full_run.out_dir / "rounds.csv")
+    assert (rounds["layer_set"] == "all").all()
+    # LeNet: every parameter sits in a Linear or Conv2d layer: nothing untraced.
+    assert (rounds["untraced_share"] == 0).all()
+    methods = pd.read_csv(full_run.out_dir / "methods.csv")
+    engine_based = methods[methods["method"].isin(["paper", "update", "cumulative"])]
+    assert engine_based["untraced_share"].notna().all()

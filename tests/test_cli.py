@@ -358,7 +358,10 @@ def test_methods_that_cannot_run_here_are_refused(hand_made: Path, capsys) -> No
         (["--method", "loo", "--layers", "all"], "--layers: not an option"),
         (["--method", "update", "--no-pk"], "of method 'update'"),
         (["--method", "paper", "--objective", "margin"], "--objective: not an"),
-        (["--client-chunk-size", "1"], "--client-chunk-size: not an option"),
+        (
+            ["--method", "loo", "--client-chunk-size", "1"],
+            "--client-chunk-size: not an option of method 'loo'",
+        ),
         (["--client-weights", "1.5,3"], "positive whole number"),
     ]
     for extra, message in cases:
@@ -753,6 +756,26 @@ def test_explain_options_reach_the_engine(trained: dict, tmp_path: Path) -> None
     )
     np.testing.assert_allclose(
         wide(pd.read_csv(tmp_path / "a" / "ranking.csv")), expected, atol=1e-12
+    )
+    # Streaming one client's parameters at a time changes nothing.
+    assert (
+        main(
+            [
+                *base,
+                "--out",
+                str(tmp_path / "b"),
+                "--no-pk",
+                "--no-beta",
+                "--client-chunk-size",
+                "1",
+            ]
+        )
+        == 0
+    )
+    data = json.loads((tmp_path / "b" / "explanation.json").read_text())
+    assert data["options"]["method_options"]["client_chunk_size"] == 1
+    np.testing.assert_allclose(  # float32 sums in another order: rounding only
+        wide(pd.read_csv(tmp_path / "b" / "ranking.csv")), expected, rtol=1e-6
     )
 
 

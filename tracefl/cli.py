@@ -79,7 +79,7 @@ METHOD_FLAGS = {
     "--beta-decay": ("beta_decay", "decay"),
     "--layers": ("layers", "layers"),
     "--objective": ("objective", "objective"),
-    "--client-chunk-size": ("client_chunk_size", "clients_per_call"),
+    "--client-chunk-size": ("client_chunk_size", "client_chunk_size"),
 }
 
 

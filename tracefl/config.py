@@ -125,6 +125,7 @@ class TraceFLConfig:
     enable_beta: bool = True
     beta_decay: float = 0.9
     provenance_chunk_size: int = 32
+    provenance_client_chunk_size: int = 0
     provenance_layers: str = "all"
     methods: str = DEFAULT_METHODS
     cross_round_queries_per_label: int = 10
@@ -438,6 +439,12 @@ def _validate_methods(cfg: TraceFLConfig) -> None:
         "must not name a method twice",
     )
     _one_of("provenance-layers", cfg.provenance_layers, PROVENANCE_LAYER_SETS)
+    _require(
+        cfg.provenance_client_chunk_size >= 0,
+        "provenance-client-chunk-size",
+        cfg.provenance_client_chunk_size,
+        "must be >= 0 (0: every client's parameters at once)",
+    )
     _require(
         cfg.cross_round_queries_per_label >= 1,
         "cross-round-queries-per-label",

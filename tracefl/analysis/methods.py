@@ -58,7 +58,11 @@ class MethodSuite:
         store_dir: Path,
     ) -> None:
         self.names = cfg.method_names
-        engine = {"device": str(device), "chunk_size": cfg.provenance_chunk_size}
+        engine = {
+            "device": str(device),
+            "chunk_size": cfg.provenance_chunk_size,
+            "client_chunk_size": cfg.provenance_client_chunk_size or None,
+        }
         with_server = cfg.residual_expected
         self.round_methods: dict[str, RoundMethod] = {}
         for name in self.names:

@@ -76,6 +76,11 @@ class ScoreAttributions:
                     "num_clients": result.num_clients,
                     **{k: _rounded(v) for k, v in per_round.items()},
                     "pseudo_would_win": float(result.pseudo_would_win.double().mean()),
+                    "untraced_share": (
+                        round(result.coverage.untraced_share, 6)
+                        if result.coverage is not None
+                        else None
+                    ),
                     "seconds": round(result.seconds, 4),
                     "engine_calls": result.engine_calls,
                     "forward_passes": result.forward_passes,
@@ -199,6 +204,9 @@ class ScoreAttributions:
         ctx.row.update({k: round(v, 6) for k, v in headline.items()})
         ctx.row["provenance_seconds"] = round(seconds, 4)
         ctx.row["provenance_seconds_per_input"] = round(seconds / len(rows), 6)
+        if result.coverage is not None:
+            ctx.row["layer_set"] = result.coverage.layer_set
+            ctx.row["untraced_share"] = round(result.coverage.untraced_share, 6)
 
 
 def _score_rows(

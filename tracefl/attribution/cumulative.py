@@ -41,7 +41,7 @@ class CumulativeMethod:
     ----------
     store
         The run's cumulative updates.
-    objective, layers, decay, enable_beta, device, chunk_size
+    objective, layers, decay, enable_beta, device, chunk_size, client_chunk_size
         See :class:`~tracefl.attribution.engine_options.EngineOptions`.
     include_server
         Also score the ``server``/``noise`` pseudo-clients.
@@ -65,6 +65,7 @@ class CumulativeMethod:
         clients_per_call: int | None = None,
         device: str | None = None,
         chunk_size: int = 32,
+        client_chunk_size: int | None = None,
     ) -> None:
         if not isinstance(store, CumulativeUpdates):
             raise AttributionError(
@@ -89,6 +90,7 @@ class CumulativeMethod:
             enable_beta=enable_beta,
             device=device,
             chunk_size=chunk_size,
+            client_chunk_size=client_chunk_size,
         )
 
     def attribute(

@@ -34,6 +34,9 @@ class EngineOptions:
         Where the engine computes (default: the model's device).
     chunk_size
         Inputs per engine chunk (bounds memory).
+    client_chunk_size
+        Parameter sets the engine gathers at once (``None``: all); bounds
+        memory with many clients.
 
     """
 
@@ -43,6 +46,7 @@ class EngineOptions:
     enable_beta: bool = False
     device: str | torch.device | None = None
     chunk_size: int = 32
+    client_chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -74,6 +78,7 @@ class EngineOptions:
             scale_by_data_share=scale_by_data_share,
             device=self.device,
             chunk_size=self.chunk_size,
+            client_chunk_size=self.client_chunk_size,
             objective=self.objective,
             layers=self.layers,
         )

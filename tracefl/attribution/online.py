@@ -58,7 +58,7 @@ class CrossRoundOnline:
     targets
         ``(B,)`` int64 class attributed for each query (its true label, say):
         fixed, so that the per-round terms add up to one quantity.
-    objective, layers, decay, enable_beta, device, chunk_size
+    objective, layers, decay, enable_beta, device, chunk_size, client_chunk_size
         See :class:`~tracefl.attribution.engine_options.EngineOptions`.
     include_server
         Also accumulate the ``server``/``noise`` pseudo-clients.
@@ -77,6 +77,7 @@ class CrossRoundOnline:
         include_server: bool = True,
         device: str | None = None,
         chunk_size: int = 32,
+        client_chunk_size: int | None = None,
     ) -> None:
         batch = batch_size_of(queries)
         if (
@@ -102,6 +103,7 @@ class CrossRoundOnline:
             enable_beta=enable_beta,
             device=device,
             chunk_size=chunk_size,
+            client_chunk_size=client_chunk_size,
         )
         self._weighted: dict[str, Tensor] = {}
         self._unweighted: dict[str, Tensor] = {}

@@ -57,7 +57,7 @@ class PaperMethod(RoundMethod):
         ``"paper"`` (default): the original artifact's layer families (Linear,
         Conv2d, LayerNorm, GPT-2 Conv1D); ``"all"``: every family the engine
         traces.
-    device, chunk_size
+    device, chunk_size, client_chunk_size
         Passed to the engine.
 
     """
@@ -74,6 +74,7 @@ class PaperMethod(RoundMethod):
         layers: str = "paper",
         device: str | None = None,
         chunk_size: int = 32,
+        client_chunk_size: int | None = None,
     ) -> None:
         self.scale_by_data_share = bool(scale_by_data_share)
         self.include_server = bool(include_server)
@@ -84,6 +85,7 @@ class PaperMethod(RoundMethod):
             enable_beta=enable_beta,
             device=device,
             chunk_size=chunk_size,
+            client_chunk_size=client_chunk_size,
         )
 
     def _attribute(

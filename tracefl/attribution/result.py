@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tracefl.provenance import ProvenanceResult
+from tracefl.provenance import CoverageReport, ProvenanceResult
 
 #: Pseudo-client for what the server added (residual ``r`` minus DP noise).
 SERVER_ID = "server"
@@ -50,6 +50,10 @@ class AttributionResult:
         over the inputs).
     forward_passes
         Extra model forward passes over the inputs (leave-one-out).
+    coverage
+        The engine's coverage report of the first engine call (which layers
+        were traced, the untraced share of the objective), or ``None`` for
+        methods without one.
 
     """
 
@@ -64,6 +68,7 @@ class AttributionResult:
     seconds: float
     engine_calls: int
     forward_passes: int = 0
+    coverage: CoverageReport | None = None
 
     @property
     def client_ids(self) -> tuple[str, ...]:
@@ -149,4 +154,5 @@ def join_engine_results(
         predicted_labels=parts[0].predicted_labels,
         seconds=0.0,
         engine_calls=len(parts),
+        coverage=parts[0].coverage,
     )

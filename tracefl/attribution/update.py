@@ -42,7 +42,7 @@ class UpdateMethod(RoundMethod):
 
     Parameters
     ----------
-    objective, layers, decay, enable_beta, device, chunk_size
+    objective, layers, decay, enable_beta, device, chunk_size, client_chunk_size
         See :class:`~tracefl.attribution.engine_options.EngineOptions`.
     include_server
         Also score the ``server``/``noise`` pseudo-clients (same engine call).
@@ -61,6 +61,7 @@ class UpdateMethod(RoundMethod):
         include_server: bool = True,
         device: str | None = None,
         chunk_size: int = 32,
+        client_chunk_size: int | None = None,
     ) -> None:
         self.include_server = bool(include_server)
         self.options = EngineOptions(
@@ -70,6 +71,7 @@ class UpdateMethod(RoundMethod):
             enable_beta=enable_beta,
             device=device,
             chunk_size=chunk_size,
+            client_chunk_size=client_chunk_size,
         )
 
     def _attribute(
