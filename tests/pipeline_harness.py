@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from tests.replies import NodeListGrid, train_request
+from tracefl.adversarial.setup import gaming_plan, played_update
 from tracefl.analysis import Recorder, build_analyzer
 from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_client_data, load_server_test
@@ -98,6 +99,15 @@ def run_rounds(
             seed = cfg.seed + 1000 * rnd + pid
             torch.manual_seed(seed)
             loss = train(model, data.train, settings, device, seed)
+            plan = gaming_plan(cfg, pid)  # as the ClientApp does
+            if plan is not None:
+                previous = arrays.to_torch_state_dict()
+                own = (data.train.features, data.train.labels)
+                model.load_state_dict(
+                    played_update(
+                        plan, rnd, previous, model, cfg, data=own, partition_id=pid
+                    )
+                )
             content = train_reply_content(
                 ArrayRecord(model.state_dict()),
                 num_examples=len(data.train),

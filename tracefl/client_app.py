@@ -23,6 +23,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from tracefl.adversarial.setup import gaming_plan, played_update
 from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_client_data
 from tracefl.fedinfluence import GradientSampler
@@ -115,6 +116,20 @@ def train_fn(msg: Message, context: Context) -> Message:
     loss = train(
         model, data.train, settings, resolve_device(cfg.device), seed, on_step=sampler
     )
+    model.cpu()
+    plan = gaming_plan(cfg, partition_id)  # tracefl.adversarial: a gaming client
+    if plan is not None:
+        model.load_state_dict(
+            played_update(
+                plan,
+                server_round,
+                msg.content[ARRAYS].to_torch_state_dict(),
+                model,
+                cfg,
+                data=(data.train.features, data.train.labels),
+                partition_id=partition_id,
+            )
+        )
     extra = (
         {FEDINFLUENCE: ConfigRecord({PAYLOAD: sampler.payload().to_bytes()})}
         if sampler is not None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tracefl.registry import DATASET_NAMES, IMAGE_MODEL_NAMES, TEXT_MODEL_NAMES
+from tracefl.secure_aggregation import SECURE_AGGREGATION_MODES
 
 # --- aggregators (tracefl/aggregators/): begin -----------------------------------
 # The ``fusion`` values, in the order of ``tracefl.aggregators.AGGREGATORS`` (a test
@@ -53,6 +54,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 DP_CLIPPING_MODES = ("server", "client")
 MEDMNIST_SIZES = (28, 64, 128, 224)
+# --- adversarial (tracefl/adversarial/): begin ---------------------------------
+#: ``gaming-strategy`` values (:mod:`tracefl.adversarial.gaming`).
+GAMING_STRATEGIES = ("none", "front-load", "sharpen", "orthogonal")
+# --- adversarial: end ------------------------------------------------------------
 
 
 #: A ``run-name``: a plain file name, never a path.
@@ -158,10 +163,29 @@ class TraceFLConfig:
     keep_models_max_files: int = 1000
     keep_models_max_mb: float = 2048.0
     # --- end keep models ----------------------------------------------------
+    # --- adversarial (tracefl/adversarial/): begin ----------------------------
+    # Backdoor clients: a trigger relabelled to backdoor-target on a fraction of
+    # their data (image: a square patch at the bottom-right corner, set to the
+    # largest normalised pixel value; text: the token inserted after the first).
+    backdoor_clients: str = ""
+    backdoor_target: int = 0
+    backdoor_fraction: float = 0.5
+    backdoor_trigger_size: int = 4
+    backdoor_trigger_token: str = "cf"
+    # Gaming clients: transform their trained update against attribution.
+    gaming_clients: str = ""
+    gaming_strategy: str = "none"
+    gaming_strength: float = 5.0
+    gaming_start_round: int = 1
+    # Secure aggregation hides client models: TraceFL refuses it.
+    secure_aggregation: str = "none"
+    # --- adversarial: end -----------------------------------------------------
 
     # Derived, not run-config keys.
     faulty_client_ids: tuple[int, ...] = field(default=(), compare=False)
     label_flip_map: dict[int, int] = field(default_factory=dict, compare=False)
+    backdoor_client_ids: tuple[int, ...] = field(default=(), compare=False)
+    gaming_client_ids: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def dp_enabled(self) -> bool:
@@ -172,6 +196,11 @@ class TraceFLConfig:
     def faulty_mode(self) -> bool:
         """Whether label-flipping clients are configured."""
         return bool(self.faulty_client_ids)
+
+    @property
+    def backdoor_mode(self) -> bool:
+        """Whether backdoor clients are configured."""
+        return bool(self.backdoor_client_ids)
 
     def resolved_output_dir(self, base: Path | None = None) -> Path:
         """Absolute output directory (``results/<run-name>`` by default).
@@ -288,6 +317,11 @@ def parse_run_config(run_config: Mapping[str, Any]) -> TraceFLConfig:
     faulty = _parse_faulty_clients(cfg)
     flip = _parse_label_flip(cfg.label_flip)
     cfg = dataclasses.replace(cfg, faulty_client_ids=faulty, label_flip_map=flip)
+    cfg = dataclasses.replace(
+        cfg,
+        backdoor_client_ids=_parse_ids("backdoor-clients", cfg.backdoor_clients),
+        gaming_client_ids=_parse_ids("gaming-clients", cfg.gaming_clients),
+    )
     validate(cfg)
     return cfg
 
@@ -366,6 +400,7 @@ def check_federation(cfg: TraceFLConfig, federation_size: int) -> None:
         )
     if cfg.faulty_client_ids:
         _check_faulty_clients(cfg, federation_size)
+    _check_adversarial_federation(cfg, federation_size)
     _check_aggregator_federation(cfg, federation_size)
 
 
@@ -707,6 +742,7 @@ def validate(cfg: TraceFLConfig) -> None:
     )
     _validate_methods(cfg)
     _validate_fedinfluence(cfg)
+    _validate_adversarial(cfg)
     _validate_aggregator(cfg)  # aggregators block, below (needs the checks above)
     if cfg.num_clients:
         check_federation(cfg, cfg.num_clients)
@@ -829,3 +865,142 @@ def _validate_keep_models(cfg: TraceFLConfig) -> None:
 
 
 # --- end keep models --------------------------------------------------------------
+
+
+# --- adversarial (tracefl/adversarial/): begin ------------------------------------
+
+
+def _parse_ids(key: str, text: str) -> tuple[int, ...]:
+    """Parse comma-separated partition ids ("0,3") into a sorted tuple."""
+    toks = [tok.strip() for tok in text.split(",")] if text.strip() else []
+    _require(
+        all(tok.isdigit() for tok in toks),
+        key,
+        text,
+        "expected comma-separated partition ids, e.g. '0' or '0,3'",
+    )
+    ids = [int(tok) for tok in toks]
+    _require(len(set(ids)) == len(ids), key, text, "partition ids must not repeat")
+    return tuple(sorted(ids))
+
+
+def _validate_adversarial(cfg: TraceFLConfig) -> None:
+    """Backdoor, gaming and secure-aggregation keys (every key, whatever is on)."""
+    from tracefl.registry import dataset_kind, dataset_num_classes, run_dataset_spec
+
+    num_classes = dataset_num_classes(cfg.dataset)
+    _require(
+        0 <= cfg.backdoor_target < num_classes,
+        "backdoor-target",
+        cfg.backdoor_target,
+        f"must be a class of dataset '{cfg.dataset}': 0..{num_classes - 1}",
+    )
+    _require(
+        0 < cfg.backdoor_fraction <= 1,
+        "backdoor-fraction",
+        cfg.backdoor_fraction,
+        "must be in (0, 1]: the share of a backdoor client's samples that get the "
+        "trigger and the target label",
+    )
+    side = run_dataset_spec(cfg.dataset, cfg.image_size).image_size
+    if dataset_kind(cfg.dataset) == "image":
+        _require(
+            1 <= cfg.backdoor_trigger_size <= side,
+            "backdoor-trigger-size",
+            cfg.backdoor_trigger_size,
+            f"the trigger patch must fit the {side}x{side} images of dataset "
+            f"'{cfg.dataset}': 1..{side} pixels",
+        )
+    token = cfg.backdoor_trigger_token
+    _require(
+        bool(token) and token == token.strip() and " " not in token,
+        "backdoor-trigger-token",
+        token,
+        "must be one word without spaces (a rare vocabulary token, e.g. 'cf')",
+    )
+    if cfg.backdoor_client_ids:
+        _require(
+            not cfg.faulty_client_ids,
+            "backdoor-clients",
+            cfg.backdoor_clients,
+            "cannot be combined with faulty-clients: a run traces one planted "
+            "behaviour (label flipping or a backdoor); use two runs",
+        )
+    _one_of("gaming-strategy", cfg.gaming_strategy, GAMING_STRATEGIES)
+    _require(
+        math.isfinite(cfg.gaming_strength) and cfg.gaming_strength > 0,
+        "gaming-strength",
+        cfg.gaming_strength,
+        "must be a finite number > 0",
+    )
+    if cfg.gaming_strategy == "front-load":
+        _require(
+            cfg.gaming_strength >= 1,
+            "gaming-strength",
+            cfg.gaming_strength,
+            "front-load multiplies the update by the strength before "
+            "gaming-start-round and divides it by the strength from then on: "
+            "must be >= 1",
+        )
+    _require(
+        1 <= cfg.gaming_start_round <= cfg.num_server_rounds,
+        "gaming-start-round",
+        cfg.gaming_start_round,
+        f"must be a round in 1..{cfg.num_server_rounds} (num-server-rounds)",
+    )
+    if cfg.gaming_strategy != "none":
+        _require(
+            bool(cfg.gaming_client_ids),
+            "gaming-clients",
+            cfg.gaming_clients,
+            f"gaming-strategy = '{cfg.gaming_strategy}' needs the partition ids of "
+            "the clients that play it",
+        )
+    _check_secure_aggregation(cfg)
+
+
+def _check_secure_aggregation(cfg: TraceFLConfig) -> None:
+    """Refuse secure aggregation: with it no individual model reaches the server."""
+    from tracefl.secure_aggregation import refusal
+
+    _one_of("secure-aggregation", cfg.secure_aggregation, SECURE_AGGREGATION_MODES)
+    if cfg.secure_aggregation == "none":
+        return
+    if cfg.provenance:
+        raise ConfigError(
+            refusal(
+                f"Invalid 'secure-aggregation' = {cfg.secure_aggregation!r} with "
+                "provenance = true"
+            )
+        )
+    raise ConfigError(
+        f"Invalid 'secure-aggregation' = {cfg.secure_aggregation!r}: this app runs "
+        "Flower's Message-API strategies, and Flower 1.42 ships SecAgg+ only for "
+        "the legacy server workflow (flwr.server.workflow.SecAggPlusWorkflow with "
+        "flwr.client.mod.secaggplus_mod); TraceFL would also need every client's "
+        "model, which SecAgg+ hides. Allowed here: 'none'"
+    )
+
+
+def _check_adversarial_federation(cfg: TraceFLConfig, num_partitions: int) -> None:
+    """Backdoor and gaming client ids against the federation's size."""
+    for key, text, ids in (
+        ("backdoor-clients", cfg.backdoor_clients, cfg.backdoor_client_ids),
+        ("gaming-clients", cfg.gaming_clients, cfg.gaming_client_ids),
+    ):
+        _require(
+            all(pid < num_partitions for pid in ids),
+            key,
+            text,
+            f"partition ids must be in 0..{num_partitions - 1} (the federation has "
+            f"{num_partitions} partitions)",
+        )
+    _require(
+        len(cfg.backdoor_client_ids) < num_partitions,
+        "backdoor-clients",
+        cfg.backdoor_clients,
+        "at least one client must be honest",
+    )
+
+
+# --- adversarial: end -------------------------------------------------------------

@@ -246,11 +246,31 @@ def load_client_data(
     idx, labels = client_partition(cfg, partition_id, num_partitions)
     rows = raw_splits(cfg).train.select(idx.tolist())
     tensors = to_tensors(rows, spec, cfg, labels=labels)
+    if partition_id in cfg.backdoor_client_ids:  # tracefl.adversarial
+        tensors = _poisoned(cfg, tensors, partition_id)
     return ClientData(
         train=tensors,
-        label_counts=label_histogram(labels, spec.num_classes),
+        label_counts=label_histogram(tensors.labels.numpy(), spec.num_classes),
         partition_id=partition_id,
     )
+
+
+def _poisoned(
+    cfg: TraceFLConfig, data: LabeledTensors, partition_id: int
+) -> LabeledTensors:
+    """A backdoor client's data: trigger + target label on its chosen fraction."""
+    from tracefl.adversarial.setup import run_trigger
+    from tracefl.adversarial.trigger import poison_samples
+
+    features, labels, _ = poison_samples(
+        data.features,
+        data.labels,
+        run_trigger(cfg),
+        cfg.backdoor_target,
+        cfg.backdoor_fraction,
+        seed=cfg.seed + partition_id,
+    )
+    return LabeledTensors(features, labels)
 
 
 def load_server_test(cfg: TraceFLConfig) -> LabeledTensors:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from tracefl.secure_aggregation import SECAGGPLUS_RECORD, refusal
+
 ARRAYS = "arrays"
 METRICS = "metrics"
 ATTRIBUTION = "attribution"
@@ -142,12 +144,20 @@ def read_train_reply(
     Raises
     ------
     ReplyRejectedError
-        Missing record or key, wrong type, a count out of range, an array with
+        A SecAgg+ masked reply (no individual model to attribute), missing record
+        or key, wrong type, a count out of range, an array with
         another key set, shape or dtype than the global model, or NaN/Inf.
 
     """
     node = int(msg.metadata.src_node_id)
     content = msg.content
+    if SECAGGPLUS_RECORD in content.config_records:
+        raise ReplyRejectedError(
+            refusal(
+                f"node {node}: the reply carries SecAgg+ masked records "
+                f"('{SECAGGPLUS_RECORD}') instead of the client's model"
+            )
+        )
     for name, kind, records in (
         (ARRAYS, "ArrayRecord", content.array_records),
         (METRICS, "MetricRecord", content.metric_records),

@@ -36,6 +36,7 @@ from tracefl.plotting import (
     read_run_config,
     save_figure,
 )
+from tracefl.report_adversarial import backdoor_figures, gaming_figures
 from tracefl.results_io import write_csv, write_text
 
 SUMMARY_COLUMNS = (
@@ -665,6 +666,8 @@ FIGURES: dict[str, FigureSet] = {
     "table1": table1_figures,
     "dp": dp_figures,
     "ablation": ablation_figures,
+    "backdoor": backdoor_figures,  # tracefl.report_adversarial
+    "gaming": gaming_figures,  # tracefl.report_adversarial
 }
 
 

@@ -151,7 +151,7 @@ def main(grid: Grid, context: Context) -> None:
         facts = {
             "rounds_recorded": len(recorder.round_rows),
             "rounds_by_status": recorder.rounds_by_status,
-            "methods": method_summary(recorder, cfg.faulty_mode),
+            "methods": method_summary(recorder, cfg.faulty_mode or cfg.backdoor_mode),
             "flower_result": result_summary(result),
         }
         if verdict_status == "completed":

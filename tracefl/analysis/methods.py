@@ -68,6 +68,8 @@ class MethodSuite:
         for name in self.names:
             if method_spec(name).state is None:
                 options: dict[str, Any] = dict(engine)
+                if name == "loo":  # forward passes only: no engine, no client sets
+                    del options["client_chunk_size"]
                 if name == PAPER:
                     options.update(
                         scale_by_data_share=cfg.client_weights_normalization,

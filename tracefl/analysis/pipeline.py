@@ -18,6 +18,11 @@ import torch
 from torch import nn
 
 from tracefl.analysis.attribute import Attribute
+from tracefl.analysis.backdoor_step import (
+    MeasureBackdoor,
+    analysis_config,
+    triggered_test_set,
+)
 from tracefl.analysis.context import RoundContext
 from tracefl.analysis.evaluate import EvaluateGlobal
 from tracefl.analysis.feddebug_step import RunFedDebug
@@ -45,11 +50,13 @@ def default_steps(
     model_factory: Callable[[], nn.Module],
     federation_size: int,
     store: ModelStore,
+    triggered: LabeledTensors | None = None,
 ) -> tuple[AnalysisStep, ...]:
     """A run's analysis steps, in order (fresh objects: some keep state).
 
     Built before training, so that every method's settings (and Fed-Influence's
-    memory budget) are checked before the first round.
+    memory budget) are checked before the first round. ``triggered``: the
+    backdoor mode's triggered test set (:mod:`tracefl.analysis.backdoor_step`).
     """
     fedinfluence = (
         TrackFedInfluence(cfg, model_factory, federation_size)
@@ -61,6 +68,8 @@ def default_steps(
         EvaluateGlobal(),
         SaveModels(store),
     ]
+    if triggered is not None:
+        steps.append(MeasureBackdoor(triggered, cfg.backdoor_target))
     if fedinfluence is not None:
         steps.append(fedinfluence)
     steps += [
@@ -81,15 +90,24 @@ def build_analyzer(
     recorder: Recorder,
     federation_size: int,
 ) -> RoundAnalyzer:
-    """The run's analyzer with :func:`default_steps` and its method suite."""
-    suite = MethodSuite(cfg, test_data, device, recorder.out_dir / CUMULATIVE_DIR)
+    """The run's analyzer with :func:`default_steps` and its method suite.
+
+    Backdoor mode: the analysis traces the triggered test inputs, with the
+    backdoor clients as the planted ones (:func:`analysis_config`).
+    """
+    cfg = analysis_config(cfg)
+    triggered = triggered_test_set(cfg, test_data) if cfg.backdoor_mode else None
+    queries = test_data if triggered is None else triggered
+    suite = MethodSuite(cfg, queries, device, recorder.out_dir / CUMULATIVE_DIR)
     store = ModelStore.for_run(
         cfg,
         recorder.out_dir,
         model_factory().state_dict(),
         sampled_train_nodes(cfg, federation_size),
     )
-    steps = default_steps(cfg, suite, model_factory, federation_size, store)
+    steps = default_steps(
+        cfg, suite, model_factory, federation_size, store, triggered=triggered
+    )
     return RoundAnalyzer(
         cfg, test_data, model_factory, device, recorder, steps, suite=suite, store=store
     )

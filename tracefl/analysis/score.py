@@ -54,7 +54,7 @@ class ScoreAttributions:
         rows: list[dict[str, Any]] = [
             {
                 "round": ctx.server_round,
-                "mode": "faulty" if ctx.cfg.faulty_mode else "correct",
+                "mode": _mode(ctx),
                 "input_index": int(i),
                 "true_label": int(true[b]),
                 "predicted_label": int(ctx.predictions[i]),
@@ -233,6 +233,13 @@ def _score_rows(
                 }
             )
     return out
+
+
+def _mode(ctx: RoundContext) -> str:
+    """``backdoor`` (planted backdoor clients), ``faulty`` or ``correct``."""
+    if ctx.cfg.backdoor_mode:
+        return "backdoor"
+    return "faulty" if ctx.cfg.faulty_mode else "correct"
 
 
 def _rounded(value: float) -> float:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Backdoor clients on text (DBpedia-14, MiniLM): who taught the trigger token?
+# Needs the data: --data-dir <parent of dbpedia_14/> or Hub access (no text
+# dataset is available offline here: wired, not run).
+# Config: conf/backdoor-text.toml (a Flower run config: `flwr run . --run-config
+# conf/backdoor-text.toml` runs one point) and its grid conf/backdoor-text.grid.toml.
+# Reduced scale (offline, 2 CPUs) by default; --scale paper for the paper's
+# settings, --plot-only to rebuild tables/figures from existing CSVs,
+# --dry-run to list the runs. A completed run is skipped only if its stored
+# config is the one it would run now (else: refused; --rerun-changed).
+# Outputs: results/backdoor-text/ (per-run CSVs, summary.csv/.tex, PNG/PDF figures).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/scripts/setup.sh"
+cd "$REPO"
+exec python -m tooling.experiments backdoor-text "$@"
