@@ -110,10 +110,15 @@ def test_hook_saw_every_client_model_each_round(two_runs: tuple[Path, Path]) -> 
         [0, 1, 2],
     ]
     inputs = pd.read_csv(out / "inputs.csv")
+    methods = json.loads((out / "run.json").read_text())["config"]["methods"].split(",")
+    assert len(methods) == 6
     assert list(inputs.columns) == [
         *INPUT_COLUMNS,
+        *(f"{kind}_{m}" for m in methods for kind in ("traced", "correct")),
         *(f"prob_client-{i}" for i in range(3)),
     ]
+    # The headline columns are the paper method's.
+    assert (inputs["traced_client"] == inputs["traced_paper"]).all()
     assert (inputs["true_label"] == inputs["predicted_label"]).all()
     assert set(inputs["traced_client"]) <= {0, 1, 2}
     probs = inputs[[f"prob_client-{i}" for i in range(3)]].sum(axis=1)

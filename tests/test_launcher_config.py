@@ -278,7 +278,7 @@ BAD_CONFIGS: list[BadConfig] = [
         "nmu-clients=3",
         key="nmu-clients",
         value="",
-        allowed="Known keys: batch-size",
+        allowed="Did you mean 'num-clients'? Known keys: backdoor-clients",
     ),
 ]
 

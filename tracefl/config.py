@@ -10,6 +10,7 @@ key, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -310,8 +311,12 @@ def parse_run_config(run_config: Mapping[str, Any]) -> TraceFLConfig:
     for key, raw in run_config.items():
         fld = known.get(key)
         if fld is None or not fld.compare:
-            allowed = ", ".join(sorted(run_config_keys()))
-            raise ConfigError(f"Unknown run-config key '{key}'. Known keys: {allowed}.")
+            keys = sorted(run_config_keys())
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"Unknown run-config key '{key}'.{hint} Known keys: {', '.join(keys)}."
+            )
         values[fld.name] = _coerce(key, raw, fld.type)
     cfg = TraceFLConfig(**values)
     faulty = _parse_faulty_clients(cfg)
