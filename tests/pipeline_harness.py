@@ -23,9 +23,11 @@ from tracefl.adversarial.setup import gaming_plan, played_update
 from tracefl.analysis import Recorder, build_analyzer
 from tracefl.config import TraceFLConfig, parse_run_config
 from tracefl.dataset import load_client_data, load_server_test
+from tracefl.fedinfluence import GradientSampler
+from tracefl.fedinfluence_setup import fedinfluence_settings, local_sgd
 from tracefl.model import build_model
 from tracefl.registry import dataset_num_classes, run_dataset_spec
-from tracefl.reply import train_reply_content
+from tracefl.reply import FEDINFLUENCE, PAYLOAD, train_reply_content
 from tracefl.server_app import build_strategy
 from tracefl.train import TrainSettings, train
 
@@ -98,7 +100,19 @@ def run_rounds(
             model.load_state_dict(arrays.to_torch_state_dict())
             seed = cfg.seed + 1000 * rnd + pid
             torch.manual_seed(seed)
-            loss = train(model, data.train, settings, device, seed)
+            sampler = (  # as the ClientApp does
+                GradientSampler(
+                    model, fedinfluence_settings(cfg, model), local_sgd(cfg), seed=seed
+                )
+                if cfg.fedinfluence
+                else None
+            )
+            loss = train(model, data.train, settings, device, seed, on_step=sampler)
+            extra = (
+                {FEDINFLUENCE: ConfigRecord({PAYLOAD: sampler.payload().to_bytes()})}
+                if sampler is not None
+                else None
+            )
             plan = gaming_plan(cfg, pid)  # as the ClientApp does
             if plan is not None:
                 previous = arrays.to_torch_state_dict()
@@ -115,6 +129,7 @@ def run_rounds(
                 partition_id=pid,
                 num_partitions=size,
                 label_counts=data.label_counts,
+                extra=extra,
             )
             reply = Message(content=content, reply_to=train_request(100 + pid, rnd))
             replies.append(tamper(rnd, pid, reply) if tamper else reply)

@@ -181,6 +181,13 @@ class TraceFLConfig:
     # Secure aggregation hides client models: TraceFL refuses it.
     secure_aggregation: str = "none"
     # --- adversarial: end -----------------------------------------------------
+    # --- ground truth by retraining (issue 16): begin ------------------------
+    #: Partitions whose replies the server drops before aggregation, as if they
+    #: never took part (the counterfactual runs of tooling.retraining).
+    exclude_partitions: str = ""
+    #: Write Fed-Influence's FIP of every round to <output-dir>/fedinfluence/.
+    fedinfluence_save_estimates: bool = False
+    # --- ground truth by retraining: end -------------------------------------
 
     # Derived, not run-config keys.
     faulty_client_ids: tuple[int, ...] = field(default=(), compare=False)
@@ -252,6 +259,14 @@ class TraceFLConfig:
         return {int(tok) for tok in text.split(",") if tok.strip()}
 
     # --- end keep models ----------------------------------------------------
+
+    # --- ground truth by retraining (issue 16): begin ------------------------
+    @property
+    def excluded_partitions(self) -> tuple[int, ...]:
+        """``exclude-partitions`` as sorted partition ids (validated)."""
+        return _parse_ids("exclude-partitions", self.exclude_partitions)
+
+    # --- ground truth by retraining: end -------------------------------------
 
     def to_run_config(self) -> dict[str, Any]:
         """The kebab-case run-config view of this object (for ``run.json``)."""
@@ -407,6 +422,7 @@ def check_federation(cfg: TraceFLConfig, federation_size: int) -> None:
         _check_faulty_clients(cfg, federation_size)
     _check_adversarial_federation(cfg, federation_size)
     _check_aggregator_federation(cfg, federation_size)
+    _check_excluded_partitions(cfg, federation_size)  # ground-truth block
 
 
 def _check_faulty_clients(cfg: TraceFLConfig, num_partitions: int) -> None:
@@ -749,6 +765,7 @@ def validate(cfg: TraceFLConfig) -> None:
     _validate_fedinfluence(cfg)
     _validate_adversarial(cfg)
     _validate_aggregator(cfg)  # aggregators block, below (needs the checks above)
+    _validate_ground_truth(cfg)  # ground-truth block, below
     if cfg.num_clients:
         check_federation(cfg, cfg.num_clients)
 
@@ -1009,3 +1026,40 @@ def _check_adversarial_federation(cfg: TraceFLConfig, num_partitions: int) -> No
 
 
 # --- adversarial: end -------------------------------------------------------------
+# --- ground truth by retraining (issue 16): begin ---------------------------------
+
+
+def _validate_ground_truth(cfg: TraceFLConfig) -> None:
+    """``exclude-partitions`` parses; estimates are saved only when computed."""
+    _parse_ids("exclude-partitions", cfg.exclude_partitions)
+    _require(
+        cfg.fedinfluence or not cfg.fedinfluence_save_estimates,
+        "fedinfluence-save-estimates",
+        cfg.fedinfluence_save_estimates,
+        "needs fedinfluence=true (there is no estimate to save otherwise)",
+    )
+
+
+def _check_excluded_partitions(cfg: TraceFLConfig, federation_size: int) -> None:
+    """Excluded partitions exist and enough clients remain to aggregate."""
+    excluded = cfg.excluded_partitions
+    if not excluded:
+        return
+    _require(
+        max(excluded) < federation_size,
+        "exclude-partitions",
+        cfg.exclude_partitions,
+        f"partition ids must be in 0..{federation_size - 1} (the federation's size "
+        f"is {federation_size})",
+    )
+    remaining = federation_size - len(excluded)
+    _require(
+        cfg.min_train_nodes <= remaining,
+        "exclude-partitions",
+        cfg.exclude_partitions,
+        f"leaves {remaining} of {federation_size} clients, fewer than "
+        f"min-train-nodes = {cfg.min_train_nodes}: no round could aggregate",
+    )
+
+
+# --- ground truth by retraining: end ------------------------------------------------

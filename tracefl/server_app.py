@@ -126,6 +126,7 @@ def build_strategy(
         expected_partitions=cfg.num_clients or None,
         noise_expected=cfg.dp_enabled and cfg.noise_multiplier > 0,
         required_records=(FEDINFLUENCE,) if cfg.fedinfluence else (),
+        excluded_partitions=cfg.excluded_partitions,  # ground truth by retraining
     )
 
 

@@ -131,6 +131,9 @@ class RoundOutcome:
         ``max |aggregate - (sum_k A_k theta_k + r)| / max |aggregate|`` before
         the remainder was moved into the residual: DP noise when DP is on,
         float rounding otherwise.
+    excluded
+        Valid replies of ``exclude-partitions`` that were dropped before
+        aggregation, as if those clients never took part.
 
     """
 
@@ -145,6 +148,7 @@ class RoundOutcome:
     global_state: StateDict | None = None
     client_states: tuple[StateDict, ...] = ()
     unexplained: float | None = None
+    excluded: tuple[ReplyProblem, ...] = ()
 
 
 RoundHook = Callable[[RoundOutcome], None]
@@ -175,6 +179,9 @@ class ProvenanceStrategy(Strategy):
         DP noise is added after aggregation: the unexplained part is noise.
     required_records
         Extra reply records every client must send (e.g. ``fedinfluence``).
+    excluded_partitions
+        Partitions whose valid replies are dropped before aggregation (the
+        counterfactual runs of the retraining ground truth).
 
     """
 
@@ -190,6 +197,7 @@ class ProvenanceStrategy(Strategy):
         expected_partitions: int | None = None,
         noise_expected: bool = False,
         required_records: tuple[str, ...] = (),
+        excluded_partitions: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.strategy = strategy
@@ -201,6 +209,7 @@ class ProvenanceStrategy(Strategy):
         self.num_partitions = expected_partitions
         self.noise_expected = noise_expected
         self.required_records = required_records
+        self.excluded_partitions = frozenset(excluded_partitions)
         self._sent: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
         #: (shape, dtype) of every entry of the first model sent: the schema
         #: replies are checked against (Flower may return integer buffers or a
@@ -248,6 +257,7 @@ class ProvenanceStrategy(Strategy):
         accepted, messages, rejected, failed, replied = self._screen(
             replies, self.schema
         )
+        accepted, messages, excluded = self._drop_excluded(accepted, messages)
         timed_out = tuple(n for n in sampled if n not in replied)
         outcome = RoundOutcome(
             server_round=server_round,
@@ -258,6 +268,7 @@ class ProvenanceStrategy(Strategy):
             timed_out=timed_out,
             fused=None,
             failure=None,
+            excluded=excluded,
         )
         for problem in (*rejected, *failed):
             log.warning("Round %d: reply not fused: %s", server_round, problem.reason)
@@ -345,6 +356,39 @@ class ProvenanceStrategy(Strategy):
             failed,
             replied,
         )
+
+    # --- exclude-partitions (ground truth by retraining): begin
+    def _drop_excluded(
+        self, accepted: list[ClientRecord], messages: list[Message]
+    ) -> tuple[list[ClientRecord], list[Message], tuple[ReplyProblem, ...]]:
+        """Drop the valid replies of ``excluded_partitions`` before aggregation.
+
+        The client trained (its seed and data are untouched, so the others'
+        training is the same as in the run with it); its reply just never
+        reaches the aggregator, the analysis or the fused round.
+        """
+        if not self.excluded_partitions:
+            return accepted, messages, ()
+        kept = [
+            (rec, msg)
+            for rec, msg in zip(accepted, messages, strict=True)
+            if rec.partition_id not in self.excluded_partitions
+        ]
+        dropped = tuple(
+            ReplyProblem(
+                rec.node_id,
+                rec.partition_id,
+                f"client {rec.partition_id} (node {rec.node_id}): excluded by "
+                "exclude-partitions",
+            )
+            for rec in accepted
+            if rec.partition_id in self.excluded_partitions
+        )
+        for problem in dropped:
+            log.info("Reply not fused: %s", problem.reason)
+        return [rec for rec, _ in kept], [msg for _, msg in kept], dropped
+
+    # --- exclude-partitions: end
 
     def _check_federation(
         self, record: ClientRecord, accepted: list[tuple[ClientRecord, Message]]

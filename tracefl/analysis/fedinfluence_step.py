@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from tracefl.analysis.context import RoundContext
 from tracefl.attribution import AttributionResult
-from tracefl.config import TraceFLConfig, sampled_train_nodes
+from tracefl.config import ConfigError, TraceFLConfig, sampled_train_nodes
 from tracefl.fedinfluence import (
     CostEstimate,
     FedInfluence,
+    FedInfluenceConfigError,
     GradientPayload,
     check_settings,
     local_iterations,
 )
+from tracefl.fedinfluence_estimates import save_estimates
 from tracefl.fedinfluence_setup import fedinfluence_settings
 from tracefl.reply import FEDINFLUENCE, PAYLOAD
 
@@ -31,7 +34,9 @@ class TrackFedInfluence:
     """Keep Fed-Influence's per-client estimators up to date, round by round.
 
     Built before training: the settings are checked on the run's model against
-    the memory budget (raises ``FedInfluenceConfigError`` naming the setting).
+    the memory budget (raises :class:`~tracefl.config.ConfigError` naming the
+    run-config keys and the culprit). With ``save_dir`` every round's FIP is
+    written there (:mod:`tracefl.fedinfluence_estimates`).
     """
 
     name = "fedinfluence"
@@ -41,19 +46,30 @@ class TrackFedInfluence:
         cfg: TraceFLConfig,
         model_factory: Callable[[], nn.Module],
         federation_size: int,
+        save_dir: Path | None = None,
     ) -> None:
         model = model_factory()
-        settings = fedinfluence_settings(cfg, model)
-        self.cost: CostEstimate = check_settings(
-            model,
-            settings,
-            iterations=local_iterations(
-                cfg.max_per_client_data_size, cfg.batch_size, cfg.local_epochs
-            ),
-            num_clients=federation_size,
-            participants=sampled_train_nodes(cfg, federation_size),
-        )
+        try:
+            settings = fedinfluence_settings(cfg, model)
+            self.cost: CostEstimate = check_settings(
+                model,
+                settings,
+                iterations=local_iterations(
+                    cfg.max_per_client_data_size, cfg.batch_size, cfg.local_epochs
+                ),
+                num_clients=federation_size,
+                participants=sampled_train_nodes(cfg, federation_size),
+            )
+        except FedInfluenceConfigError as err:
+            raise ConfigError(
+                f"Fed-Influence cannot run with fedinfluence-layers = "
+                f"{cfg.fedinfluence_layers!r}, fedinfluence-samples = "
+                f"{cfg.fedinfluence_samples}, fedinfluence-memory-budget-mb = "
+                f"{cfg.fedinfluence_memory_budget_mb} on model '{cfg.model}' "
+                f"({federation_size} clients): {err}"
+            ) from err
         self.estimator = FedInfluence(model, settings)
+        self.save_dir = save_dir
 
     def __call__(self, ctx: RoundContext) -> None:
         """Advance the estimators with this round's fused clients and payloads."""
@@ -66,6 +82,8 @@ class TrackFedInfluence:
         }
         report = self.estimator.update(fused, payloads)
         ctx.row.update({f"fedinfluence_{k}": v for k, v in report.summary().items()})
+        if self.save_dir is not None:
+            save_estimates(self.save_dir, self.estimator)
         ctx.fedinfluence = self.estimator
 
     def attribute(

@@ -10,7 +10,8 @@ class RecordParticipation:
     """Fill the round's participation columns and its ``clients.csv`` rows.
 
     Every sampled node gets a row: ``fused`` (with its reported histogram),
-    ``rejected`` or ``failed`` (with the reason) or ``timed-out``.
+    ``rejected`` or ``failed`` (with the reason), ``excluded``
+    (``exclude-partitions``: valid, dropped before aggregation) or ``timed-out``.
     """
 
     name = "participation"
@@ -54,7 +55,11 @@ class RecordParticipation:
                     },
                 }
             )
-        for status, problems in (("rejected", out.rejected), ("failed", out.failed)):
+        for status, problems in (
+            ("rejected", out.rejected),
+            ("failed", out.failed),
+            ("excluded", out.excluded),
+        ):
             for problem in problems:
                 ctx.client_rows.append(
                     {

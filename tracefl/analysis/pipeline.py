@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from tracefl.analysis.select import SelectInputs
 from tracefl.analysis.step import AnalysisStep
 from tracefl.config import TraceFLConfig, sampled_train_nodes
 from tracefl.dataset import LabeledTensors
+from tracefl.fedinfluence_estimates import ESTIMATES_DIR
 from tracefl.model_store import ModelStore
 from tracefl.output_dir import CUMULATIVE_DIR
 from tracefl.strategy import RoundOutcome
@@ -51,15 +53,23 @@ def default_steps(
     federation_size: int,
     store: ModelStore,
     triggered: LabeledTensors | None = None,
+    out_dir: Path | None = None,
 ) -> tuple[AnalysisStep, ...]:
     """A run's analysis steps, in order (fresh objects: some keep state).
 
     Built before training, so that every method's settings (and Fed-Influence's
     memory budget) are checked before the first round. ``triggered``: the
     backdoor mode's triggered test set (:mod:`tracefl.analysis.backdoor_step`).
+    ``out_dir`` is where Fed-Influence's estimates go when
+    ``fedinfluence-save-estimates`` is on.
     """
+    save_dir = (
+        out_dir / ESTIMATES_DIR
+        if out_dir is not None and cfg.fedinfluence_save_estimates
+        else None
+    )
     fedinfluence = (
-        TrackFedInfluence(cfg, model_factory, federation_size)
+        TrackFedInfluence(cfg, model_factory, federation_size, save_dir)
         if cfg.fedinfluence
         else None
     )
@@ -106,7 +116,13 @@ def build_analyzer(
         sampled_train_nodes(cfg, federation_size),
     )
     steps = default_steps(
-        cfg, suite, model_factory, federation_size, store, triggered=triggered
+        cfg,
+        suite,
+        model_factory,
+        federation_size,
+        store,
+        triggered=triggered,
+        out_dir=recorder.out_dir,
     )
     return RoundAnalyzer(
         cfg, test_data, model_factory, device, recorder, steps, suite=suite, store=store
