@@ -19,7 +19,12 @@ from tracefl.method_comparison import (
     input_metrics,
     markdown_table,
 )
-from tracefl.report import FIGURES, build_report, draw_method_comparison, run_dirs
+from tracefl.report import (
+    FIGURES,
+    draw_method_comparison,
+    experiment_figure_set,
+    methods_figures,
+)
 
 #: Label histograms (3 clients x 3 labels). Label 0: client 0 holds 9 vs 3
 #: (decisive); label 1: client 1 holds 6 vs 5 (not decisive); label 2: client
@@ -397,13 +402,18 @@ def test_report_writes_the_comparison_of_an_experiment(tmp_path: Path) -> None:
     exp = tmp_path / "methods"
     two_seeds(exp)
     (exp / "experiment.json").write_text(json.dumps({"report": "methods"}))
-    assert "methods" in FIGURES
-    written = build_report(exp)
-    names = {p.name for p in written}
-    assert {"methods_summary.csv", "methods_summary.md", "methods.png"} <= names
+    assert experiment_figure_set(exp) == "methods"
+    assert FIGURES["methods"] is methods_figures
+    written = methods_figures(exp, pd.DataFrame())
+    assert [p.name for p in written] == [
+        "methods_summary.csv",
+        "methods_summary.md",
+        "methods.png",
+        "methods.pdf",
+    ]
+    assert all(p.stat().st_size > 0 for p in written)
     table = pd.read_csv(exp / "methods_summary.csv")
     assert table["method"].tolist() == ["paper", "loo"]
-    assert len(run_dirs(exp)) == 2
     md = (exp / "methods_summary.md").read_text()
     row = table.set_index("method").loc["paper"]
     assert f"{100 * row['strict']:.0f} [{100 * row['strict_low']:.0f}, 100]" in md

@@ -87,11 +87,9 @@ def latest_label_counts(
         key=lambda c: int(c.removeprefix("label_")),
     )
     rows = clients[(clients["round"] <= server_round)].dropna(subset=label_cols)
-    rows = rows.sort_values("round", kind="stable")
-    out: dict[int, np.ndarray] = {}
-    for _, row in rows.iterrows():
-        out[int(row["client"])] = row[label_cols].to_numpy(dtype=np.int64)
-    return out
+    latest = rows.sort_values("round", kind="stable").groupby("client").last()
+    hist = latest[label_cols].to_numpy(dtype=np.int64)
+    return {int(c): hist[i] for i, c in enumerate(latest.index)}
 
 
 def input_metrics(run_dir: Path) -> pd.DataFrame:
@@ -128,7 +126,10 @@ def input_metrics(run_dir: Path) -> pd.DataFrame:
     )
     scores = scores[scores["client"].str.startswith(CLIENT_PREFIX)]
     frames = []
+    counts: dict[int, dict[int, np.ndarray]] = {}
     for (server_round, method), block in scores.groupby(["round", "method"], sort=True):
+        if server_round not in counts:
+            counts[server_round] = latest_label_counts(clients, int(server_round))
         frames.append(
             _round_method_metrics(
                 run_dir,
@@ -136,7 +137,7 @@ def input_metrics(run_dir: Path) -> pd.DataFrame:
                 str(method),
                 block,
                 inputs[inputs["round"] == server_round],
-                latest_label_counts(clients, int(server_round)),
+                counts[server_round],
                 faulty,
                 int(server_round) in converged,
             )
