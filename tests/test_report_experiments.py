@@ -31,6 +31,9 @@ def test_every_paper_artifact_has_a_config() -> None:
         "dp",
         "table3",
         "ablation",
+        "methods",
+        "methods-faulty",
+        "methods-resnet",
     }
     for name in EXPERIMENTS:
         assert (REPO / "conf" / f"{name}.toml").is_file()
