@@ -306,6 +306,13 @@ def test_each_method_is_scored_against_the_clients_it_ranks(tmp_path: Path) -> N
     )
     assert late.loc["paper", "num_ranked"].tolist() == [2] * 4
     assert late.loc["cross-round", "num_ranked"].tolist() == [3] * 4
+    # The same scores restricted to round 2's participants: traced by argmax.
+    restricted = late.loc["cross-round (round's clients)"]
+    assert restricted["strict"].tolist() == [1, 1, 1, 1]
+    assert restricted["strict_chance"].tolist() == [0.5] * 4
+    assert restricted["num_ranked"].tolist() == [2] * 4
+    assert set(frame[frame["round"] == 1]["method"]) == {"paper", "cross-round"}
+    assert not frame["method"].str.startswith("paper (").any()
 
 
 def test_faulty_mode_counts_the_faulty_client(tmp_path: Path) -> None:

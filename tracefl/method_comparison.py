@@ -51,6 +51,10 @@ METRICS: dict[str, tuple[float, float]] = {
     "faulty": (0.0, 1.0),
     "faulty_chance": (0.0, 1.0),
 }
+#: Methods that score every client seen so far (whole-training scores).
+WHOLE_TRAINING_METHODS = (*CROSS_ROUND_METHODS, "cumulative")
+#: Suffix of a whole-training method restricted to the round's participants.
+RESTRICTED = " (round's clients)"
 #: The reference of the agreement column (exact round leave-one-out).
 REFERENCE = "loo"
 CLIENT_PREFIX = "client-"
@@ -95,6 +99,12 @@ def latest_label_counts(
 def input_metrics(run_dir: Path) -> pd.DataFrame:
     """One row per traced round, method and input, with per-input metrics.
 
+    With partial participation, each whole-training method (cross-round,
+    cumulative: they rank every client seen so far) also appears restricted to
+    the round's participants, as ``<method> (round's clients)``: its scores of
+    those clients, traced by their argmax - the per-round methods' question
+    ("which of this round's clients?") answered with whole-training scores.
+
     Columns: ``round``, ``converged`` (bool), ``method``, ``input_index``,
     ``label``, ``num_ranked`` and the columns of :data:`METRICS` (``strict*``,
     ``decisive*``, ``graded*``, ``spearman`` in correct mode; ``faulty*`` in
@@ -125,6 +135,11 @@ def input_metrics(run_dir: Path) -> pd.DataFrame:
         ].astype(int)
     )
     scores = scores[scores["client"].str.startswith(CLIENT_PREFIX)]
+    fused_rows = clients[clients["status"] == "fused"]
+    participants = {
+        int(r): sorted(int(c) for c in rows["client"])
+        for r, rows in fused_rows.groupby("round")
+    }
     frames = []
     counts: dict[int, dict[int, np.ndarray]] = {}
     for (server_round, method), block in scores.groupby(["round", "method"], sort=True):
@@ -142,6 +157,24 @@ def input_metrics(run_dir: Path) -> pd.DataFrame:
                 int(server_round) in converged,
             )
         )
+        fused = participants.get(int(server_round), [])
+        if (
+            method in WHOLE_TRAINING_METHODS
+            and 0 < len(fused) < frames[-1]["num_ranked"].iloc[0]
+        ):
+            frames.append(
+                _round_method_metrics(
+                    run_dir,
+                    int(server_round),
+                    str(method),
+                    block,
+                    inputs[inputs["round"] == server_round],
+                    counts[server_round],
+                    faulty,
+                    int(server_round) in converged,
+                    restrict_to=fused,
+                )
+            )
     if not frames:
         return pd.DataFrame(columns=["round", "converged", "method", "input_index"])
     return pd.concat(frames, ignore_index=True)
@@ -156,10 +189,18 @@ def _round_method_metrics(
     counts_by_client: dict[int, np.ndarray],
     faulty: set[int],
     converged: bool,
+    restrict_to: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Per-input metrics of one method on one round (see :func:`input_metrics`)."""
+    """Per-input metrics of one method on one round (see :func:`input_metrics`).
+
+    With ``restrict_to`` (partition ids), the method's scores of those clients
+    only, traced by their argmax and named ``<method>`` + :data:`RESTRICTED`.
+    """
     where = f"{run_dir.name}, round {server_round}, method {method}"
     columns = list(dict.fromkeys(block["client"]))
+    if restrict_to is not None:
+        keep = {f"{CLIENT_PREFIX}{i}" for i in restrict_to}
+        columns = [c for c in columns if c in keep]
     table = block.pivot(index="input_index", columns="client", values="score")
     order = inputs["input_index"].to_numpy()
     try:
@@ -175,22 +216,24 @@ def _round_method_metrics(
             f"{where}: clients.csv has no label histogram of client(s) {missing}"
         )
     counts = np.stack([counts_by_client[i] for i in ids])  # (K, C)
-    position = {cid: k for k, cid in enumerate(ids)}
-    traced_col = f"traced_{method}"
-    if traced_col not in inputs:
-        raise ComparisonError(f"{where}: inputs.csv has no column {traced_col}")
-    try:
-        traced = np.array([position[int(t)] for t in inputs[traced_col]])
-    except KeyError as err:
-        raise ComparisonError(
-            f"{where}: traced client {err.args[0]} is not among its ranked clients"
-        ) from err
+    if restrict_to is None:
+        traced_col = f"traced_{method}"
+        if traced_col not in inputs:
+            raise ComparisonError(f"{where}: inputs.csv has no column {traced_col}")
+        position = {cid: k for k, cid in enumerate(ids)}
+        try:
+            traced = np.array([position[int(t)] for t in inputs[traced_col]])
+        except KeyError as err:
+            raise ComparisonError(
+                f"{where}: traced client {err.args[0]} is not among its ranked clients"
+            ) from err
+    else:
+        traced = score_matrix.argmax(axis=1)
     labels = inputs["true_label"].to_numpy(dtype=np.int64)
-    recorded = inputs[f"correct_{method}"].astype(bool).to_numpy()
     out: dict[str, Any] = {
         "round": server_round,
         "converged": converged,
-        "method": method,
+        "method": method if restrict_to is None else method + RESTRICTED,
         "input_index": order,
         "label": labels,
         "num_ranked": len(ids),
@@ -213,17 +256,20 @@ def _round_method_metrics(
         out["graded"] = loc.graded_score(traced, labels, counts)
         out["graded_chance"] = loc.graded_random_baseline(labels, counts)
         out["spearman"] = loc.spearman_with_counts(score_matrix, labels, counts)
-    if not np.array_equal(correct, recorded):
-        bad = order[correct != recorded].tolist()
-        raise ComparisonError(
-            f"{where}: the rebuilt ground truth disagrees with inputs.csv "
-            f"correct_{method} on test inputs {bad}"
-        )
+    if restrict_to is None:
+        recorded = inputs[f"correct_{method}"].astype(bool).to_numpy()
+        if not np.array_equal(correct, recorded):
+            bad = order[correct != recorded].tolist()
+            raise ComparisonError(
+                f"{where}: the rebuilt ground truth disagrees with inputs.csv "
+                f"correct_{method} on test inputs {bad}"
+            )
     reference = f"traced_{REFERENCE}"
     if reference in inputs:
-        out["loo_agreement"] = (
-            inputs[traced_col].to_numpy() == inputs[reference].to_numpy()
-        ).astype(float)
+        traced_ids = np.array(ids)[traced]
+        out["loo_agreement"] = (traced_ids == inputs[reference].to_numpy()).astype(
+            float
+        )
     return pd.DataFrame(out)
 
 
@@ -349,7 +395,9 @@ def _setting_rows(members: list[tuple[int, Path, dict[str, Any]]]) -> list[dict]
                     sub[sub["converged"] == keep], main, (0.0, 1.0), f"{main}_{part}"
                 )
             )
-        row["seconds_per_round"] = float(mean_seconds.get(method, np.nan))
+        row["seconds_per_round"] = float(
+            mean_seconds.get(method.removesuffix(RESTRICTED), np.nan)
+        )
         rows.append(row)
     return rows
 
@@ -432,3 +480,44 @@ def markdown_table(summary: pd.DataFrame) -> str:
     if len(faulty_lines) > 2:
         parts.append("\n".join(faulty_lines))
     return "\n\n".join(parts) + "\n"
+
+
+def markdown_pivot(summary: pd.DataFrame, metric: str) -> str:
+    """``metric`` (percent, ``[95% interval]``) as a method x setting table.
+
+    The last row gives each setting's chance levels: one value where every
+    method ranks the same clients, else per-round / cross-round (the methods
+    scored against every client seen so far have a lower one).
+    """
+    chance = f"{metric.split('_')[0]}_chance"
+    if metric == "decisive_strict":
+        chance = "decisive_chance"
+    settings = list(dict.fromkeys(summary["setting"]))
+    lines = [
+        "| method | " + " | ".join(settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
+    for method in dict.fromkeys(summary["method"]):
+        cells = []
+        for setting in settings:
+            row = summary[
+                (summary["setting"] == setting) & (summary["method"] == method)
+            ]
+            cells.append(
+                "n/a"
+                if row.empty
+                else _pct(
+                    row[metric].iloc[0],
+                    row[f"{metric}_low"].iloc[0],
+                    row[f"{metric}_high"].iloc[0],
+                )
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if chance in summary:
+        cells = []
+        for setting in settings:
+            rows = summary[summary["setting"] == setting]
+            levels = list(dict.fromkeys(f"{100 * v:.0f}" for v in rows[chance]))
+            cells.append(" / ".join(levels))
+        lines.append("| chance (random client) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

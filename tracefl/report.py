@@ -682,6 +682,13 @@ METHOD_PANELS = (
 )
 
 
+def _method_look(method: str, index: int) -> tuple[str, str | None]:
+    """Colour and hatch of a method's bars (restricted variants: hatched)."""
+    base = method.removesuffix(method_comparison.RESTRICTED)
+    color = METHOD_STYLES.get(base, (f"C{(7 + index) % 10}", "o"))[0]
+    return color, ("////" if base != method else None)
+
+
 def _setting_tick(row: pd.Series, show_model: bool) -> str:
     lines = [rf"$\alpha$={format_value(float(row['alpha']))}"]
     lines.append(f"{row['clients_per_round']}/{row['num_clients']} clients")
@@ -712,7 +719,7 @@ def draw_method_comparison(summary: pd.DataFrame, title: str = "") -> plt.Figure
     width = COLUMN_WIDTH if ncol == 1 else TEXT_WIDTH
     with figure_style():
         fig, axes = plt.subplots(
-            nrow, ncol, figsize=(width, 1.9 * nrow + 0.7), squeeze=False
+            nrow, ncol, figsize=(width, 1.9 * nrow + 1.0), squeeze=False
         )
         for ax in axes.flat[len(panels) :]:
             ax.set_visible(False)
@@ -739,7 +746,7 @@ def draw_method_comparison(summary: pd.DataFrame, title: str = "") -> plt.Figure
                     dtype=float
                 )
                 pos = x + (i - len(methods) / 2 + 0.5) * bar
-                color = METHOD_STYLES.get(method, (f"C{(7 + i) % 10}", "o"))[0]
+                color, hatch = _method_look(method, i)
                 err = np.vstack([values - low, high - values])
                 err = np.where(np.isfinite(err), err, 0.0)
                 ax.bar(
@@ -747,11 +754,15 @@ def draw_method_comparison(summary: pd.DataFrame, title: str = "") -> plt.Figure
                     np.nan_to_num(values),
                     bar,
                     color=color,
+                    hatch=hatch,
+                    edgecolor="white" if hatch else color,
+                    linewidth=0,
                     yerr=err,
                     error_kw={"elinewidth": 0.6, "capsize": 0, "ecolor": "0.2"},
                 )
-                for p, v in zip(pos, values, strict=True):
-                    if np.isnan(v):
+                exists = rows["method"].notna().to_numpy()
+                for p, v, there in zip(pos, values, exists, strict=True):
+                    if there and np.isnan(v):
                         ax.text(
                             p,
                             1.5,
@@ -796,10 +807,17 @@ def draw_method_comparison(summary: pd.DataFrame, title: str = "") -> plt.Figure
                 ax.axhline(0, color="k", linewidth=0.6)
             else:
                 ax.set_ylim(0, 104)
-        handles = [
-            Patch(color=METHOD_STYLES.get(m, (f"C{(7 + i) % 10}", "o"))[0], label=m)
-            for i, m in enumerate(methods)
-        ]
+        handles = []
+        for i, m in enumerate(methods):
+            color, hatch = _method_look(m, i)
+            handles.append(
+                Patch(
+                    facecolor=color,
+                    hatch=hatch,
+                    edgecolor="white" if hatch else color,
+                    label=m,
+                )
+            )
         handles.append(Line2D([], [], color="k", label="chance (random client)"))
         fig.legend(
             handles=handles,
@@ -809,7 +827,9 @@ def draw_method_comparison(summary: pd.DataFrame, title: str = "") -> plt.Figure
         )
         if title:
             fig.suptitle(title, fontsize=8)
-        fig.tight_layout(rect=(0, 0.1 if nrow < 3 else 0.06, 1, 1))
+        legend_rows = -(-len(handles) // min(len(handles), 4))
+        bottom = (0.2 + 0.17 * legend_rows) / fig.get_figheight()
+        fig.tight_layout(rect=(0, bottom, 1, 1))
         return fig
 
 
@@ -817,7 +837,8 @@ def methods_figures(exp_dir: Path, frame: pd.DataFrame) -> list[Path]:
     """Issue 14: every attribution method per setting, over the seeds.
 
     Writes ``methods_summary.csv`` (:func:`~tracefl.method_comparison.compare_methods`),
-    ``methods_summary.md`` (its Markdown table) and ``methods.{png,pdf}``.
+    ``methods_summary.md`` (the main metric as a method x setting table, then
+    every metric per setting and method) and ``methods.{png,pdf}``.
     """
     summary = method_comparison.compare_methods(run_dirs(exp_dir))
     if summary.empty:
@@ -825,7 +846,13 @@ def methods_figures(exp_dir: Path, frame: pd.DataFrame) -> list[Path]:
     csv_path = exp_dir / "methods_summary.csv"
     write_csv(csv_path, _rounded(summary).to_dict("records"), list(summary.columns))
     md_path = exp_dir / "methods_summary.md"
-    write_text(md_path, method_comparison.markdown_table(summary))
+    main = "faulty" if summary["faulty_mode"].all() else "strict"
+    write_text(
+        md_path,
+        method_comparison.markdown_pivot(summary, main)
+        + "\n"
+        + method_comparison.markdown_table(summary),
+    )
     seeds = sorted(set(summary["seeds"]))
     title = (
         f"Attribution methods, mean over {'/'.join(str(s) for s in seeds)} seeds "
