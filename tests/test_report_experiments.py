@@ -34,6 +34,9 @@ def test_every_paper_artifact_has_a_config() -> None:
         "backdoor",  # beyond the paper: adversarial clients (issue 18)
         "backdoor-text",
         "gaming",
+        "methods",
+        "methods-faulty",
+        "methods-resnet",
     }
     for name in EXPERIMENTS:
         assert (REPO / "conf" / f"{name}.toml").is_file()
