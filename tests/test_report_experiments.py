@@ -12,7 +12,7 @@ import pytest
 from flwr.common.config import flatten_dict, fuse_dicts, parse_config_args
 
 from tooling import experiments as ex
-from tracefl.config import parse_run_config
+from tracefl.config import FUSIONS, parse_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = REPO / "pyproject.toml"
@@ -37,6 +37,7 @@ def test_every_paper_artifact_has_a_config() -> None:
         "methods",
         "methods-faulty",
         "methods-resnet",
+        "aggregators",
     }
     for name in EXPERIMENTS:
         assert (REPO / "conf" / f"{name}.toml").is_file()
@@ -120,6 +121,18 @@ def test_grid_axes_runs_and_names() -> None:
         r.overrides["num-clients"] * r.overrides["fraction-train"] == pytest.approx(10)
         for r in table3
     )
+
+
+def test_aggregator_grid_has_a_clean_and_a_faulty_run_per_fusion() -> None:
+    runs = {r.name: r.overrides for r in ex.expand(ex.load_grid("aggregators"))}
+    assert sorted(runs) == sorted(
+        f"{f}-{kind}" for f in FUSIONS for kind in ("clean", "faulty")
+    )
+    for name, config in runs.items():
+        cfg = parse_run_config(config)
+        assert cfg.fusion == name.rsplit("-", 1)[0]
+        assert cfg.faulty_client_ids == ((0,) if name.endswith("faulty") else ())
+        assert cfg.num_malicious_nodes == 1
 
 
 def test_command_line_changes_of_a_grid() -> None:
