@@ -16,8 +16,11 @@ from tracefl.config import FUSIONS, parse_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = REPO / "pyproject.toml"
+#: Not Flower run configs: experiment grids and the retraining study's scenarios,
+#: read by tooling.experiments and tooling.retraining.
+TOOLING_SUFFIXES = (".grid.toml", ".truth.toml")
 RUN_CONFIGS = sorted(
-    p for p in (REPO / "conf").rglob("*.toml") if not p.name.endswith(".grid.toml")
+    p for p in (REPO / "conf").rglob("*.toml") if not p.name.endswith(TOOLING_SUFFIXES)
 )
 EXPERIMENTS = ex.experiment_names()
 
