@@ -9,10 +9,15 @@ import copy
 import functools
 from collections.abc import Callable
 
-import pytest
 import torch
 import torchvision
 from torch import Tensor, nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+)
 
 
 class LeNet(nn.Module):
@@ -112,20 +117,18 @@ def _token_inputs() -> dict[str, Tensor]:
 
 
 def _gpt2() -> tuple[nn.Module, object]:
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
+    config = GPT2Config(
         n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=32, pad_token_id=0
     )
     config.num_labels = 4
-    model = transformers.GPT2ForSequenceClassification(config)
+    model = GPT2ForSequenceClassification(config)
     return model.double(), _token_inputs()
 
 
 def _bert() -> tuple[nn.Module, object]:
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.BertConfig(
+    config = BertConfig(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -133,7 +136,7 @@ def _bert() -> tuple[nn.Module, object]:
         vocab_size=100,
     )
     config.num_labels = 3
-    model = transformers.BertForSequenceClassification(config)
+    model = BertForSequenceClassification(config)
     return model.double(), _token_inputs()
 
 

@@ -113,7 +113,6 @@ def test_online_equals_a_recomputation_over_stored_rounds(noisy_rounds) -> None:
 def test_online_with_per_coordinate_shares_uses_the_fused_updates() -> None:
     x = token_inputs()
     y = torch.tensor([0, 1, 2])
-    pytest.importorskip("transformers")
     rnd, model = masked_round(tiny_bert(), 3, seed=6)
     online = CrossRoundOnline(x, y, include_server=False)
     online.observe(rnd, model)

@@ -49,7 +49,6 @@ def cnn_inputs(n: int = 5) -> torch.Tensor:
 
 
 def transformer(kind: str) -> torch.nn.Module:
-    pytest.importorskip("transformers")
     return tiny_bert() if kind == "bert" else tiny_gpt2()
 
 
