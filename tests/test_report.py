@@ -28,11 +28,10 @@ from tracefl.report import (
     draw_bars,
     draw_round_curves,
     draw_times,
-    format_cell,
     latex_table,
-    markdown_table,
     summarize_experiment,
 )
+from tracefl.report_tables import format_cell, markdown_table
 
 ROUND_KEYS = (
     "round",

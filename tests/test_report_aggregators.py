@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from tracefl.config import parse_run_config
-from tracefl.report import (
+from tracefl.report import build_report
+from tracefl.report_aggregators import (
     aggregator_tables,
-    build_report,
     draw_aggregators,
     faulty_shares,
 )

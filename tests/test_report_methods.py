@@ -19,12 +19,8 @@ from tracefl.method_comparison import (
     input_metrics,
     markdown_table,
 )
-from tracefl.report import (
-    FIGURES,
-    draw_method_comparison,
-    experiment_figure_set,
-    methods_figures,
-)
+from tracefl.report import FIGURES, experiment_figure_set
+from tracefl.report_methods import draw_method_comparison, methods_figures
 
 #: Label histograms (3 clients x 3 labels). Label 0: client 0 holds 9 vs 3
 #: (decisive); label 1: client 1 holds 6 vs 5 (not decisive); label 2: client

@@ -57,6 +57,7 @@ from tooling.flower_local import (
 from tooling.run_config_args import parse_assignments
 from tracefl import report
 from tracefl.config import ConfigError, parse_run_config, run_config_keys
+from tracefl.report_tables import markdown_table
 from tracefl.run_status import exit_code, read_run_status, wait_for_final_status
 
 CONF_DIR = REPO / "conf"
@@ -611,7 +612,7 @@ def summarize(
                 shutil.copy2(path, static / f"{results_name}_{path.name}")
     if show:
         shown = [c for c in ("run", *report.ACCURACY_COLUMNS) if frame[c].notna().any()]
-        print(report.markdown_table(frame, shown))
+        print(markdown_table(frame, shown))
         print(f"[{results_name}] summary: {exp_dir / 'summary.csv'}")
     return frame
 

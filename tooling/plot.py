@@ -24,8 +24,8 @@ from tracefl.report import (
     SUMMARY_COLUMNS,
     is_experiment_dir,
     is_run_dir,
-    markdown_table,
 )
+from tracefl.report_tables import markdown_table
 
 #: Everything but the setting columns (the run name already says them).
 MARKDOWN_COLUMNS = [
