@@ -169,6 +169,36 @@ def run_json_path(run_config: Mapping[str, Any], workdir: Path = REPO_ROOT) -> P
     return out_dir / "run.json"
 
 
+def flower_env(
+    home: Path, http_port: int, control_port: int, tag: str
+) -> dict[str, str]:
+    """Environment for ``flwr`` and the processes it starts.
+
+    A private ``FLWR_HOME`` and ports, no runtime dependency installation or
+    update check, every process tagged with ``tag`` (found and stopped by PID
+    later) and the running Python's ``bin/`` first on ``PATH`` (the SuperLink
+    spawns ``flower-superexec``/``flwr-serverapp`` by name).
+    :data:`LOOPBACK_ENV` applies unless the caller's environment sets those
+    variables itself.
+    """
+    env = {**LOOPBACK_ENV, **os.environ}
+    env.update(
+        {
+            "FLWR_HOME": str(home),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
+            TAG_ENV: tag,
+            "PATH": os.pathsep.join(
+                [str(Path(sys.executable).parent), env.get("PATH", "")]
+            ),
+        }
+    )
+    return env
+
+
 @dataclass
 class LocalSuperLink:
     """A SuperLink on a free 127.0.0.1 port, owned (and stopped) by this object.
@@ -378,28 +408,8 @@ class LocalSuperLink:
     # ---------------------------------------------------------------------- run
 
     def env(self) -> dict[str, str]:
-        """Environment for the ``flwr`` CLI and every Flower process started here.
-
-        :data:`LOOPBACK_ENV` applies unless the caller's environment sets those
-        variables itself.
-        """
-        env = {**LOOPBACK_ENV, **os.environ}
-        env.update(
-            {
-                "FLWR_HOME": str(self.home),
-                "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
-                "FLWR_LOCAL_CONTROL_API_PORT": str(self.http_port),
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "PYTHONUNBUFFERED": "1",
-                TAG_ENV: self.tag,
-                # SuperLink spawns flower-superexec/flwr-serverapp by name.
-                "PATH": os.pathsep.join(
-                    [str(Path(sys.executable).parent), env.get("PATH", "")]
-                ),
-            }
-        )
-        return env
+        """Environment for the ``flwr`` CLI and every Flower process started here."""
+        return flower_env(self.home, self.http_port, self.http_port, self.tag)
 
     def launch_app(
         self,

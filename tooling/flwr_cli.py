@@ -16,7 +16,6 @@ and an :class:`~tooling.reaper.OrphanGuard` does so if this process dies.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from tooling.flower_local import LOOPBACK_ENV, free_port
-from tooling.procfs import TAG_ENV, pids_listening_on, tagged_pids
+from tooling.flower_local import flower_env, free_port
+from tooling.procfs import pids_listening_on, tagged_pids
 from tooling.reaper import OrphanGuard, kill_pids
 
 
@@ -63,22 +62,7 @@ class FlwrSandbox:
 
     def env(self) -> dict[str, str]:
         """Environment for ``flwr``: private home and ports, offline, loopback."""
-        env = {**LOOPBACK_ENV, **os.environ}
-        env.update(
-            {
-                "FLWR_HOME": str(self.home),
-                "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
-                "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "PYTHONUNBUFFERED": "1",
-                TAG_ENV: self.tag,
-                "PATH": os.pathsep.join(
-                    [str(Path(sys.executable).parent), env.get("PATH", "")]
-                ),
-            }
-        )
-        return env
+        return flower_env(self.home, self.http_port, self.control_port, self.tag)
 
     def popen(
         self, args: Sequence[str], cwd: Path, stdout: IO[str] | int | None = None
