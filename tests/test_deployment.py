@@ -202,13 +202,7 @@ def test_killed_supernode_round_completes_with_survivors(
     assert rc == 0, run_log[-3000:]
     assert deployment.supernodes[2].poll() is not None
     assert "Received 3 results and 0 failures" in run_log
-    # Two timings are both Flower's correct behaviour: the dead node is still
-    # considered online when round 2 samples (the SuperLink then answers its
-    # message with an error reply), or its heartbeats have already expired and
-    # only the two survivors are sampled. rounds.csv must tell which it was.
-    sampled_dead = "Received 2 results and 1 failures" in run_log
-    assert sampled_dead or "Received 2 results and 0 failures" in run_log, run_log
-
+    assert "Received 2 results" in run_log, run_log
     run_info = json.loads((out_dir / "run.json").read_text())
     assert run_info["status"] == "completed"
 
@@ -218,9 +212,17 @@ def test_killed_supernode_round_completes_with_survivors(
     assert rounds["2"]["num_participants"] == "2"
     assert rounds["2"]["participants"] == "0;1"
     assert rounds["2"]["status"] == "traced"
-    assert rounds["2"]["sampled"] == ("3" if sampled_dead else "2")
-    assert rounds["2"]["replied"] == rounds["2"]["sampled"]
-    assert rounds["2"]["failed"] == ("1" if sampled_dead else "0")
+    # The dead node may or may not be sampled in round 2 (whether its heartbeats
+    # have expired by then is Flower's timing); if it was, rounds.csv and
+    # clients.csv must say what became of it.
+    sampled = int(rounds["2"]["sampled"])
+    assert sampled in (2, 3)
+    # A sampled dead node is answered by the SuperLink ("node unavailable"),
+    # long before round-timeout: a failure of that node, not a timeout.
+    assert rounds["2"]["timed_out"] == "0"
+    missing = int(rounds["2"]["failed"])
+    assert sampled == 2 + missing
+    assert missing == 0 or "Node Unavailable" in rounds["2"]["problems"]
 
     round2_inputs = [r for r in read_csv(out_dir / "inputs.csv") if r["round"] == "2"]
     assert round2_inputs
@@ -229,9 +231,10 @@ def test_killed_supernode_round_completes_with_survivors(
 
     clients = [r for r in read_csv(out_dir / "clients.csv") if r["round"] == "2"]
     assert sorted(r["client"] for r in clients if r["status"] == "fused") == ["0", "1"]
-    failed = [r for r in clients if r["status"] == "failed"]
-    assert len(failed) == (1 if sampled_dead else 0)
-    assert all(r["reason"] for r in failed)
+    lost = [r for r in clients if r["status"] == "failed"]
+    assert len(lost) == missing
+    assert all(r["reason"] for r in lost)
+    assert len(clients) == sampled
 
     deployment.stop()
     assert_all_stopped(deployment, pids)

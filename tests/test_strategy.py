@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord
+from flwr.server.superlink.linkstate.utils import (
+    create_message_error_unavailable_res_message,
+)
 from flwr.serverapp.strategy import FedAvg
 
 from tests.replies import NodeListGrid, array_record, error_reply, train_reply
@@ -178,6 +181,34 @@ def test_error_replies_and_missing_replies_are_recorded() -> None:
     assert [p.node_id for p in out.failed] == [101]
     assert "boom" in out.failed[0].reason
     assert out.timed_out == (102,)
+
+
+def test_superlink_error_reply_is_matched_to_the_node_it_stands_for() -> None:
+    """The SuperLink answers for an unavailable node from its own node id.
+
+    Flower's grids give each pushed message its id in place; the SuperLink's
+    "node unavailable" reply (built here by Flower's own function) names that
+    id in ``reply_to_message_id``, and its ``src_node_id`` is the SuperLink's.
+    """
+    strategy, seen = make()
+    messages = list(
+        strategy.configure_train(
+            1, array_record(model(99)), ConfigRecord(), NodeListGrid([100, 101])
+        )
+    )
+    for i, msg in enumerate(messages):  # as InMemoryGrid.push_messages does
+        msg.metadata.__dict__["_message_id"] = f"id-{i}"
+    dead = next(m for m in messages if m.metadata.dst_node_id == 101)
+    unavailable = create_message_error_unavailable_res_message(
+        dead.metadata, "node_unavail"
+    )
+    assert unavailable.metadata.src_node_id != 101
+    strategy.aggregate_train(1, [train_reply(0, model(0), num_examples=5), unavailable])
+    (out,) = seen
+    assert [p.node_id for p in out.failed] == [101]
+    assert "node 101" in out.failed[0].reason
+    assert "Node Unavailable" in out.failed[0].reason
+    assert out.timed_out == ()
 
 
 def test_too_few_valid_replies_fail_the_round_without_aggregating() -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -210,7 +210,9 @@ class ProvenanceStrategy(Strategy):
         self.noise_expected = noise_expected
         self.required_records = required_records
         self.excluded_partitions = frozenset(excluded_partitions)
-        self._sent: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
+        #: Per round: the model sent and the messages (their ids are set in
+        #: place when the grid pushes them; replies name them in reply_to).
+        self._sent: dict[int, tuple[ArrayRecord, tuple[Message, ...]]] = {}
         #: (shape, dtype) of every entry of the first model sent: the schema
         #: replies are checked against (Flower may return integer buffers or a
         #: whole server-optimiser aggregate as float64; clients load it into
@@ -225,8 +227,7 @@ class ProvenanceStrategy(Strategy):
         messages = list(
             self.strategy.configure_train(server_round, arrays, config, grid)
         )
-        nodes = tuple(int(m.metadata.dst_node_id) for m in messages)
-        self._sent = {server_round: (arrays, nodes)}
+        self._sent = {server_round: (arrays, tuple(messages))}
         if self.schema is None:
             self.schema = arrays
         return messages
@@ -252,10 +253,11 @@ class ProvenanceStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate, aggregate with the wrapped strategy, decompose, report."""
-        sent, sampled = self._sent.pop(server_round)
+        sent, instructions = self._sent.pop(server_round)
+        sampled = tuple(int(m.metadata.dst_node_id) for m in instructions)
         assert self.schema is not None
         accepted, messages, rejected, failed, replied = self._screen(
-            replies, self.schema
+            replies, self.schema, _destinations(instructions)
         )
         accepted, messages, excluded = self._drop_excluded(accepted, messages)
         timed_out = tuple(n for n in sampled if n not in replied)
@@ -311,7 +313,10 @@ class ProvenanceStrategy(Strategy):
 
     # ---------------------------------------------------------------- helpers
     def _screen(
-        self, replies: Iterable[Message], schema: ArrayRecord
+        self,
+        replies: Iterable[Message],
+        schema: ArrayRecord,
+        destinations: Mapping[str, int],
     ) -> tuple[
         list[ClientRecord],
         list[Message],
@@ -325,7 +330,12 @@ class ProvenanceStrategy(Strategy):
         failed: list[ReplyProblem] = []
         replied: set[int] = set()
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
+            # An error reply the SuperLink makes for an unavailable node comes
+            # from the SuperLink's own node id: the message it answers says
+            # which node it stands for.
+            node = destinations.get(
+                msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id)
+            )
             replied.add(node)
             if msg.has_error():
                 failed.append(
@@ -450,3 +460,12 @@ class ProvenanceStrategy(Strategy):
             noise=rest if self.noise_expected else None,
         )
         return fused, unexplained
+
+
+def _destinations(messages: Sequence[Message]) -> dict[str, int]:
+    """Message id -> destination node of the messages the grid pushed."""
+    return {
+        m.metadata.message_id: int(m.metadata.dst_node_id)
+        for m in messages
+        if m.metadata.message_id
+    }
