@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tracefl.results_io import atomic_open, write_csv, write_json
@@ -52,3 +53,20 @@ def test_csv_columns_and_json(tmp_path: Path) -> None:
     assert (tmp_path / "x.csv").read_text() == "a,b\n,1\n"
     write_json(tmp_path / "run.json", {"z": 1, "a": [1, 2]})
     assert json.loads((tmp_path / "run.json").read_text()) == {"a": [1, 2], "z": 1}
+
+
+def test_csv_keeps_integers_beside_missing_cells(tmp_path: Path) -> None:
+    """clients.csv: a failed client has no partition id; the others keep theirs."""
+    path = tmp_path / "clients.csv"
+    rows = [
+        {"client": 0, "status": "fused", "share": np.float64(0.5)},
+        {"client": np.int64(1), "status": "fused", "share": float("nan")},
+        {"status": "failed", "share": None, "not-a-column": 7},
+    ]
+    write_csv(path, rows, ["client", "status", "share"])
+    assert path.read_text().splitlines() == [
+        "client,status,share",
+        "0,fused,0.5",
+        "1,fused,",
+        ",failed,",
+    ]

@@ -9,14 +9,16 @@ by default), not ``mkstemp``'s private ``0600``.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
+import math
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import pandas as pd
+import numpy as np
 
 
 def _create_temp_beside(path: Path) -> tuple[int, Path]:
@@ -54,10 +56,27 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
 def write_csv(
     path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
 ) -> None:
-    """Write ``rows`` with exactly ``columns`` (in that order) atomically."""
-    frame = pd.DataFrame(list(rows), columns=list(columns))
+    """Write ``rows`` with exactly ``columns`` (in that order) atomically.
+
+    Values are written as they are (an integer stays ``3``, never ``3.0``,
+    even in a column where other rows have no value); a missing key, ``None``
+    and NaN are empty cells; keys outside ``columns`` are not written.
+    """
     with atomic_open(path) as handle:
-        frame.to_csv(handle, index=False, lineterminator="\n")
+        writer = csv.DictWriter(
+            handle, list(columns), extrasaction="ignore", lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+
+
+def _cell(value: Any) -> Any:
+    """``None`` and NaN as an empty cell; numpy scalars as Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
