@@ -118,6 +118,8 @@ def test_without_the_guard_the_same_processes_survive() -> None:
     finally:
         launcher.kill()
         kill_pids(tagged_pids(tag), grace=1)
+    # SIGKILLed processes take a moment to be gone (longer on a loaded machine).
+    assert wait_gone(tagged, timeout=15) == []
     assert tagged_pids(tag) == []
 
 
