@@ -70,7 +70,7 @@ def _method_look(method: str, index: int) -> tuple[str, str | None]:
 
 def _setting_tick(row: pd.Series, show_model: bool) -> str:
     lines = [rf"$\alpha$={format_value(float(row['alpha']))}"]
-    lines.append(f"{row['clients_per_round']}/{row['num_clients']} clients")
+    lines.append(f"{row['clients_per_round']}/{row['num_clients']}")
     if show_model:
         lines.insert(0, str(row["model"]))
     return "\n".join(lines)
@@ -172,7 +172,7 @@ def draw_method_comparison(summary: pd.DataFrame, title: str = "") -> plt.Figure
                     for s in shown
                 ]
                 ticks = [
-                    f"{t}\n{100 * v:.0f}% decisive"
+                    f"{t}\n{100 * v:.0f}% dec."
                     for t, v in zip(ticks, share, strict=True)
                 ]
             ax.set_xticks(x, ticks)
@@ -235,7 +235,8 @@ def methods_figures(exp_dir: Path, frame: pd.DataFrame) -> list[Path]:
     seeds = sorted(set(summary["seeds"]))
     title = (
         f"Attribution methods, mean over {'/'.join(str(s) for s in seeds)} seeds "
-        "with 95% interval over (seed, round, label) cells"
+        "with 95% interval over (seed, round, label) cells\n"
+        r"x: Dirichlet $\alpha$, clients per round / clients"
     )
     with figure_style():
         figure = save_figure(
