@@ -390,7 +390,7 @@ def test_figure_has_a_panel_per_metric_with_intervals_and_chance(
         levels = sorted(round(100 * v, 6) for v in summary["strict_chance"])
         assert sorted(round(seg[0][1], 6) for seg in ticks) == levels
         decisive_ax = shown[2]
-        assert "75% decisive" in decisive_ax.get_xticklabels()[0].get_text()
+        assert "75% dec." in decisive_ax.get_xticklabels()[0].get_text()
         legend = fig.legends[0]
         assert [t.get_text() for t in legend.get_texts()] == [
             "paper",
