@@ -7,8 +7,11 @@ Everything here reads those files only, so summaries and figures can be rebuilt
 at any time without re-running training (``tracefl report <dir>``).
 
 :data:`FIGURES` maps an experiment's figure set (``fig2``, ``fig3``, ``table1``,
-...) to the function drawing its figures; :func:`build_report` rebuilds a run
-or an experiment directory.
+...) to the function drawing its figures (the paper's here; the method
+comparison, aggregator and adversarial sets in :mod:`tracefl.report_methods`,
+:mod:`tracefl.report_aggregators` and :mod:`tracefl.report_adversarial`; shared
+cells and tables in :mod:`tracefl.report_tables`); :func:`build_report` rebuilds
+a run or an experiment directory.
 """
 
 from __future__ import annotations
