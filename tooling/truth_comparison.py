@@ -59,18 +59,10 @@ from scipy.stats import rankdata
 from tooling.flower_local import REPO_ROOT
 from tooling.retraining import REFERENCE
 from tracefl import localization as loc
-from tracefl.config import CROSS_ROUND_METHODS
+from tracefl.config import CROSS_ROUND_METHODS, METHOD_NAMES
 from tracefl.results_io import write_csv, write_text
 
-APP_METHODS = (
-    "paper",
-    "update",
-    "loo",
-    "cross-round",
-    "cross-round-unweighted",
-    "cumulative",
-    "fedinfluence",
-)
+APP_METHODS = (*METHOD_NAMES, "fedinfluence")
 LABEL_COUNTS = "label-counts"
 TRUTH = "retraining"
 TRUTHS = ("logprob", "logit")

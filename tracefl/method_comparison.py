@@ -23,6 +23,7 @@ whose global test accuracy stays within 2 points of the run's best:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,36 +146,24 @@ def input_metrics(run_dir: Path) -> pd.DataFrame:
     for (server_round, method), block in scores.groupby(["round", "method"], sort=True):
         if server_round not in counts:
             counts[server_round] = latest_label_counts(clients, int(server_round))
-        frames.append(
-            _round_method_metrics(
-                run_dir,
-                int(server_round),
-                str(method),
-                block,
-                inputs[inputs["round"] == server_round],
-                counts[server_round],
-                faulty,
-                int(server_round) in converged,
-            )
+        metrics = functools.partial(
+            _round_method_metrics,
+            run_dir,
+            int(server_round),
+            str(method),
+            block,
+            inputs[inputs["round"] == server_round],
+            counts[server_round],
+            faulty,
+            int(server_round) in converged,
         )
+        frames.append(metrics())
         fused = participants.get(int(server_round), [])
         if (
             method in WHOLE_TRAINING_METHODS
             and 0 < len(fused) < frames[-1]["num_ranked"].iloc[0]
         ):
-            frames.append(
-                _round_method_metrics(
-                    run_dir,
-                    int(server_round),
-                    str(method),
-                    block,
-                    inputs[inputs["round"] == server_round],
-                    counts[server_round],
-                    faulty,
-                    int(server_round) in converged,
-                    restrict_to=fused,
-                )
-            )
+            frames.append(metrics(restrict_to=fused))
     if not frames:
         return pd.DataFrame(columns=["round", "converged", "method", "input_index"])
     return pd.concat(frames, ignore_index=True)
