@@ -59,6 +59,9 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
+#: Training-mode BatchNorm layers (the lazy variants subclass these).
+BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 OnStep = Callable[[nn.Module, Features, Tensor, int], None]
 
 
@@ -85,7 +88,11 @@ def train(
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
-        data, batch_size=settings.batch_size, shuffle=True, generator=generator
+        data,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=_single_sample_tail(model, len(data), settings.batch_size),
     )
     optimizer = make_optimizer(model, settings)
     criterion = nn.CrossEntropyLoss()
@@ -114,6 +121,19 @@ def train(
             total += float(loss.detach()) * len(labels)
             count += len(labels)
     return total / max(count, 1)
+
+
+def _single_sample_tail(model: nn.Module, num_samples: int, batch_size: int) -> bool:
+    """Whether to skip a last mini-batch of one sample.
+
+    BatchNorm in training mode cannot normalise a single value per channel
+    (ResNet's last block sees ``(1, 512, 1, 1)``) and raises; a client whose
+    partition size is ``1 mod batch-size`` would fail every round. Only then,
+    and only for models with BatchNorm, that one sample is left out of the
+    epoch (a different one each epoch, as the order is shuffled).
+    """
+    has_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in model.modules())
+    return has_batch_norm and num_samples > 1 and num_samples % batch_size == 1
 
 
 @torch.no_grad()
