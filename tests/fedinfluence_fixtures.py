@@ -5,12 +5,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from tracefl.attribution import FusedRound
 from tracefl.dataset import LabeledTensors
-from tracefl.fedinfluence import FedInfluenceSettings, GradientSampler, LocalSGD
+from tracefl.fedinfluence import (
+    FedInfluenceSettings,
+    GradientSampler,
+    LocalSGD,
+    counterfactual_effects,
+)
+from tracefl.fedinfluence_estimates import SavedEstimates
 from tracefl.train import TrainSettings, train
 
 
@@ -99,3 +107,35 @@ def fedavg_round(
         aggregate,
     )
     return fused, payloads, new_model
+
+
+def assert_scores_are_the_saved_fip(
+    model: nn.Module,
+    w_t: dict[str, Tensor],
+    saved: SavedEstimates,
+    test: LabeledTensors,
+    scores: pd.DataFrame,
+    inputs: pd.DataFrame,
+) -> Tensor:
+    """A round's ``fedinfluence`` scores equal its saved FIP's counterfactuals.
+
+    ``scores``/``inputs``: that round's rows of ``scores.csv`` (method
+    ``fedinfluence``) and ``inputs.csv``. Returns the responsibility ``(B, K)``.
+    """
+    idx = inputs["input_index"].to_numpy()
+    assert len(idx) > 0
+    rows = torch.as_tensor(idx.copy())
+    effect = counterfactual_effects(
+        model,
+        w_t,
+        {c: {k: w_t[k].double() + e[k] for k in e} for c, e in saved.fip.items()},
+        test.select_features(rows),
+        test.labels[rows],
+    )
+    table = scores.pivot(index="input_index", columns="client", values="score").loc[
+        idx, list(saved.client_ids)
+    ]
+    np.testing.assert_allclose(
+        table.to_numpy(), effect.responsibility.numpy(), rtol=1e-9, atol=1e-12
+    )
+    return effect.responsibility

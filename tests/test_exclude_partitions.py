@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.fedinfluence_fixtures import assert_scores_are_the_saved_fip
 from tests.pipeline_harness import run_rounds
 from tracefl.config import ConfigError, parse_run_config
 from tracefl.dataset import load_server_test
-from tracefl.fedinfluence import counterfactual_effects
 from tracefl.fedinfluence_estimates import load_estimates
 from tracefl.model import build_model
 from tracefl.model_store import ModelStore
@@ -162,23 +162,13 @@ def test_saved_estimates_reproduce_the_fedinfluence_scores(
         assert saved.tracked == ("classifier.5.weight", "classifier.5.bias")
         w_t = store.load_round(r).aggregate
         assert set(saved.fip["client-0"]) == set(w_t)
-        idx = inputs[inputs["round"] == r]["input_index"].to_numpy()
-        assert len(idx) > 0
-        rows = torch.as_tensor(idx.copy())
-        effect = counterfactual_effects(
+        assert_scores_are_the_saved_fip(
             model,
             w_t,
-            {c: {k: w_t[k].double() + e[k] for k in e} for c, e in saved.fip.items()},
-            test.select_features(rows),
-            test.labels[rows],
-        )
-        table = (
-            scores[scores["round"] == r]
-            .pivot(index="input_index", columns="client", values="score")
-            .loc[idx, list(saved.client_ids)]
-        )
-        np.testing.assert_allclose(
-            table.to_numpy(), effect.responsibility.numpy(), rtol=1e-9, atol=1e-12
+            saved,
+            test,
+            scores[scores["round"] == r],
+            inputs[inputs["round"] == r],
         )
     rounds = pd.read_csv(out / "rounds.csv")
     assert (rounds["fedinfluence_payload_bytes_total"] > 0).all()

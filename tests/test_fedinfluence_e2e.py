@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.fedinfluence_fixtures import assert_scores_are_the_saved_fip
 from tooling.flower_local import LocalSuperLink, main
-from tracefl.fedinfluence import counterfactual_effects
 from tracefl.fedinfluence_estimates import load_estimates
 from tracefl.model import build_model
 from tracefl.model_store import ModelStore
@@ -138,25 +138,16 @@ def test_fedinfluence_is_scored_beside_the_other_methods(runs: Path) -> None:
         saved = load_estimates(out, r)
         assert saved.client_ids == ("client-0", "client-1", "client-2")
         w_t = store.load_round(r).aggregate
-        idx = inputs[inputs["round"] == r]["input_index"].to_numpy()
-        rows_ = torch.as_tensor(idx.copy())
-        effect = counterfactual_effects(
+        responsibility = assert_scores_are_the_saved_fip(
             cfg_model,
             w_t,
-            {c: {k: w_t[k].double() + e[k] for k in e} for c, e in saved.fip.items()},
-            test.select_features(rows_),
-            test.labels[rows_],
-        )
-        table = (
-            scores[scores["round"] == r]
-            .pivot(index="input_index", columns="client", values="score")
-            .loc[idx, list(saved.client_ids)]
-        )
-        np.testing.assert_allclose(
-            table.to_numpy(), effect.responsibility.numpy(), rtol=1e-9, atol=1e-12
+            saved,
+            test,
+            scores[scores["round"] == r],
+            inputs[inputs["round"] == r],
         )
         traced = inputs[inputs["round"] == r]["traced_fedinfluence"].to_numpy()
-        assert (traced == effect.responsibility.argmax(1).numpy()).all()
+        assert (traced == responsibility.argmax(1).numpy()).all()
 
 
 def round_globals(out: Path) -> dict[int, dict[str, torch.Tensor]]:
