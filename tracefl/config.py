@@ -334,7 +334,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> TraceFLConfig:
             )
         values[fld.name] = _coerce(key, raw, fld.type)
     cfg = TraceFLConfig(**values)
-    faulty = _parse_faulty_clients(cfg)
+    faulty = _parse_ids("faulty-clients", cfg.faulty_clients)
     flip = _parse_label_flip(cfg.label_flip)
     cfg = dataclasses.replace(cfg, faulty_client_ids=faulty, label_flip_map=flip)
     cfg = dataclasses.replace(
@@ -379,30 +379,6 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, key, value, f"allowed values are {', '.join(allowed)}")
 
 
-def _parse_faulty_clients(cfg: TraceFLConfig) -> tuple[int, ...]:
-    """Parse ``faulty-clients`` ("0,3") into sorted partition ids."""
-    text = cfg.faulty_clients.strip()
-    if not text:
-        return ()
-    ids: list[int] = []
-    for tok in text.split(","):
-        tok = tok.strip()
-        _require(
-            tok.isdigit(),
-            "faulty-clients",
-            cfg.faulty_clients,
-            "expected comma-separated partition ids, e.g. '0' or '0,3'",
-        )
-        ids.append(int(tok))
-    _require(
-        len(set(ids)) == len(ids),
-        "faulty-clients",
-        cfg.faulty_clients,
-        "partition ids must not repeat",
-    )
-    return tuple(sorted(ids))
-
-
 def check_federation(cfg: TraceFLConfig, federation_size: int) -> None:
     """Check the keys that depend on the federation's size.
 
@@ -427,19 +403,27 @@ def check_federation(cfg: TraceFLConfig, federation_size: int) -> None:
 
 def _check_faulty_clients(cfg: TraceFLConfig, num_partitions: int) -> None:
     """Check ``faulty-clients`` against the federation's size ``num_partitions``."""
-    for pid in cfg.faulty_client_ids:
-        _require(
-            pid < num_partitions,
-            "faulty-clients",
-            cfg.faulty_clients,
-            f"partition ids must be in 0..{num_partitions - 1} (the federation has "
-            f"{num_partitions} partitions)",
-        )
+    _check_ids_in_federation(
+        "faulty-clients", cfg.faulty_clients, cfg.faulty_client_ids, num_partitions
+    )
     _require(
         len(cfg.faulty_client_ids) < num_partitions,
         "faulty-clients",
         cfg.faulty_clients,
         "at least one client must be non-faulty",
+    )
+
+
+def _check_ids_in_federation(
+    key: str, text: str, ids: tuple[int, ...], num_partitions: int
+) -> None:
+    """Partition ids of ``key`` exist in a federation of ``num_partitions``."""
+    _require(
+        all(pid < num_partitions for pid in ids),
+        key,
+        text,
+        f"partition ids must be in 0..{num_partitions - 1} (the federation has "
+        f"{num_partitions} partitions)",
     )
 
 
@@ -1010,13 +994,7 @@ def _check_adversarial_federation(cfg: TraceFLConfig, num_partitions: int) -> No
         ("backdoor-clients", cfg.backdoor_clients, cfg.backdoor_client_ids),
         ("gaming-clients", cfg.gaming_clients, cfg.gaming_client_ids),
     ):
-        _require(
-            all(pid < num_partitions for pid in ids),
-            key,
-            text,
-            f"partition ids must be in 0..{num_partitions - 1} (the federation has "
-            f"{num_partitions} partitions)",
-        )
+        _check_ids_in_federation(key, text, ids, num_partitions)
     _require(
         len(cfg.backdoor_client_ids) < num_partitions,
         "backdoor-clients",
