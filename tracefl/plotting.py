@@ -551,3 +551,10 @@ def plot_run(out_dir: Path) -> list[Path]:
                 out_dir / f"provenance_round_{int(server_round)}",
             )
     return paths
+
+
+def mark_not_applicable(ax: plt.Axes, x: float, label: str) -> None:
+    """Write ``label`` upright at bar position ``x`` where a value does not apply."""
+    ax.text(
+        x, 1.5, label, ha="center", va="bottom", fontsize=6, rotation=90, color="0.35"
+    )

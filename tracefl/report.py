@@ -34,6 +34,7 @@ from tracefl.plotting import (
     integer_rounds,
     legend_below,
     legend_right,
+    mark_not_applicable,
     numeric_column,
     plot_run,
     read_run_config,
@@ -254,16 +255,7 @@ def grouped_bars(
         )
         for p, v in zip(pos, values, strict=True):
             if np.isnan(v):
-                ax.text(
-                    p,
-                    1.5,
-                    NOT_APPLICABLE,
-                    ha="center",
-                    va="bottom",
-                    fontsize=6,
-                    rotation=90,
-                    color="0.35",
-                )
+                mark_not_applicable(ax, p, NOT_APPLICABLE)
             elif annotate or v == 0:
                 ax.text(
                     p,

@@ -22,6 +22,7 @@ from tracefl.plotting import (
     TEXT_WIDTH,
     figure_style,
     format_value,
+    mark_not_applicable,
     numeric_column,
     save_figure,
 )
@@ -142,16 +143,7 @@ def draw_method_comparison(summary: pd.DataFrame, title: str = "") -> plt.Figure
                 exists = rows["method"].notna().to_numpy()
                 for p, v, there in zip(pos, values, exists, strict=True):
                     if there and np.isnan(v):
-                        ax.text(
-                            p,
-                            1.5,
-                            NOT_APPLICABLE,
-                            ha="center",
-                            va="bottom",
-                            fontsize=6,
-                            rotation=90,
-                            color="0.35",
-                        )
+                        mark_not_applicable(ax, p, NOT_APPLICABLE)
                 if chance:
                     level = 100 * numeric_column(rows, chance).to_numpy(dtype=float)
                     ax.hlines(
