@@ -446,5 +446,5 @@ def gaming_figures(exp_dir: Path, frame: pd.DataFrame) -> list[Path]:
             )
             ax.set_title(f"{first['strategy']} (s = {first['strength']:g}): {what}")
             ax.set_ylabel("Gaming client's share (%)")
-            _legend_under_labels(ax, ncol=3)
+        _legend_under_labels(axes[0][len(runs) // 2], ncol=3)  # one, shared
         return save_figure(fig, exp_dir / "gaming")
